@@ -1,0 +1,77 @@
+// Argument checks shared by every backend, so that all of them reject the same
+// inputs with the same errors (contract items 3 and 4) before touching a store.
+
+/** Longest id, in UTF-8 bytes (contract item 4). */
+export const MAX_ID_BYTES = 1024;
+
+const encoder = new TextEncoder();
+
+/** Throws unless `value` is a non-empty string of at most 1024 UTF-8 bytes. */
+export function checkId(name: string, value: unknown): asserts value is string {
+  if (typeof value !== "string" || value.length === 0) {
+    throw new TypeError(
+      `Invalid ${name}: expected a non-empty string, got ${describe(value)}`,
+    );
+  }
+  // A UTF-16 code unit encodes to at most 3 UTF-8 bytes: short ids skip the encoding.
+  if (value.length * 3 > MAX_ID_BYTES) {
+    const bytes = encoder.encode(value).length;
+    if (bytes > MAX_ID_BYTES) {
+      throw new RangeError(
+        `Invalid ${name}: ${bytes} UTF-8 bytes, at most ${MAX_ID_BYTES} allowed`,
+      );
+    }
+  }
+}
+
+/** Throws unless `slot` is a `Uint8Array` of at most `maxSlotBytes` bytes. */
+export function checkSlot(
+  slot: unknown,
+  maxSlotBytes: number,
+): asserts slot is Uint8Array {
+  if (!(slot instanceof Uint8Array)) {
+    throw new TypeError(
+      `Invalid slot: expected a Uint8Array, got ${describe(slot)}`,
+    );
+  }
+  if (slot.byteLength > maxSlotBytes) {
+    throw new RangeError(
+      `Invalid slot: ${slot.byteLength} bytes exceeds maxSlotBytes (${maxSlotBytes})`,
+    );
+  }
+}
+
+/** Throws unless `start` and `end` (when given) are non-negative integers. */
+export function checkRange(start: unknown, end: unknown): void {
+  if (!isNonNegativeInteger(start)) {
+    throw new RangeError(
+      `Invalid start: expected a non-negative integer, got ${describe(start)}`,
+    );
+  }
+  if (end !== undefined && !isNonNegativeInteger(end)) {
+    throw new RangeError(
+      `Invalid end: expected a non-negative integer, got ${describe(end)}`,
+    );
+  }
+}
+
+/** Whether `index` may name a slot at all (an integer >= 0); the length check is the backend's. */
+export function isSlotIndex(index: unknown): index is number {
+  return isNonNegativeInteger(index);
+}
+
+function isNonNegativeInteger(value: unknown): value is number {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
+}
+
+function describe(value: unknown): string {
+  if (typeof value === "string") {
+    return value === "" ? "an empty string" : "a string";
+  }
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  if (typeof value === "object") {
+    return `an instance of ${value.constructor?.name ?? "Object"}`;
+  }
+  return `${typeof value} ${String(value)}`;
+}

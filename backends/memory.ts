@@ -1,0 +1,413 @@
+/**
+ * The in-memory backend: one isolate's `Map`s, the default. Fast, exact, and
+ * gone when the isolate ends; use `kv` or `redis` to share state between
+ * isolates, processes or machines.
+ *
+ * @module
+ */
+
+// Methods are async without awaiting so that bad arguments reject, as on every other backend.
+// deno-lint-ignore-file require-await
+
+import { type BackendConfig, resolveConfig } from "../config.ts";
+import {
+  BackendClosedError,
+  SlotLimitError,
+  ThreadLimitError,
+} from "../errors.ts";
+import type { BackendStats, SharedBackend } from "../protocol.ts";
+import { checkId, checkRange, checkSlot, isSlotIndex } from "../_validate.ts";
+
+/** Options of {@linkcode InMemoryBackend}: the config, plus a clock for tests. */
+export interface InMemoryBackendOptions extends
+  Pick<
+    BackendConfig,
+    "ttlMs" | "maxSlotsPerThread" | "maxThreads" | "maxSlotBytes" | "prefix"
+  > {
+  /**
+   * The clock, in milliseconds, that TTLs are measured with. Tests pass a
+   * fake one to expire data without sleeping.
+   *
+   * @default {Date.now}
+   */
+  now?: () => number;
+}
+
+interface Thread {
+  slots: Uint8Array[];
+  expiresAt: number;
+}
+
+interface RegistryPair {
+  chain: string;
+  uuid: string;
+  expiresAt: number;
+}
+
+/**
+ * A {@linkcode SharedBackend} in this isolate's memory.
+ *
+ * Every operation runs to completion without an `await` in between, so
+ * indexes are dense and limits exact under any number of concurrent callers.
+ * Slots are copied in and out: changing an array after `bufferAppend`, or one
+ * that a read returned, never changes the stored slot.
+ *
+ * Expiry costs no timer: the maps are kept in expiry order (a refreshed entry
+ * moves to the end), so every call drops the expired entries at the front,
+ * and reads check the expiry of what they touch.
+ *
+ * The `prefix` option is accepted for symmetry but has nothing to isolate:
+ * each instance has its own maps.
+ *
+ * @example
+ * ```ts
+ * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
+ * import assert from "node:assert/strict";
+ *
+ * let now = 0;
+ * await using backend = new InMemoryBackend({ ttlMs: 1_000, now: () => now });
+ * assert.equal(await backend.bufferAppend("t1", new Uint8Array([7])), 0);
+ * now += 999;
+ * assert.equal(await backend.bufferThreadLen("t1"), 1);
+ * now += 1;
+ * assert.equal(await backend.bufferThreadExists("t1"), false);
+ * ```
+ */
+export class InMemoryBackend implements SharedBackend {
+  /** Always `"memory"`. */
+  readonly kind = "memory" as const;
+
+  readonly #ttlMs: number;
+  readonly #maxSlotsPerThread: number;
+  readonly #maxThreads: number;
+  readonly #maxSlotBytes: number;
+  readonly #now: () => number;
+  // Both kept in expiry order when ttlMs > 0: see #sweep.
+  #threads = new Map<string, Thread>();
+  #chains = new Map<string, RegistryPair>();
+  #uuids = new Map<string, RegistryPair>();
+  #closed = false;
+
+  /**
+   * Makes an empty in-memory backend.
+   *
+   * @param options TTL, limits, and the clock.
+   * @throws {RangeError} An option is out of range; the message names it.
+   */
+  constructor(options: InMemoryBackendOptions = {}) {
+    const { now, ...config } = options;
+    const resolved = resolveConfig({ ...config, backendType: "memory" });
+    this.#ttlMs = resolved.ttlMs;
+    this.#maxSlotsPerThread = resolved.maxSlotsPerThread;
+    this.#maxThreads = resolved.maxThreads;
+    this.#maxSlotBytes = resolved.maxSlotBytes;
+    this.#now = now ?? Date.now;
+  }
+
+  /**
+   * Makes an in-memory backend from a config, as the factory does.
+   *
+   * @param config The config; connection fields are ignored.
+   * @returns The new backend.
+   *
+   * @example
+   * ```ts
+   * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
+   * import assert from "node:assert/strict";
+   *
+   * await using backend = await InMemoryBackend.open({ maxThreads: 5 });
+   * assert.equal(await backend.ping(), true);
+   * ```
+   */
+  static open(config: BackendConfig = {}): Promise<InMemoryBackend> {
+    const { ttlMs, maxSlotsPerThread, maxThreads, maxSlotBytes, prefix } =
+      config;
+    return Promise.resolve(
+      new InMemoryBackend(
+        dropUndefined({
+          ttlMs,
+          maxSlotsPerThread,
+          maxThreads,
+          maxSlotBytes,
+          prefix,
+        }),
+      ),
+    );
+  }
+
+  /** {@inheritDoc SharedBackend.bufferAppend} */
+  async bufferAppend(threadId: string, slot: Uint8Array): Promise<number> {
+    const now = this.#enter("bufferAppend");
+    checkId("threadId", threadId);
+    checkSlot(slot, this.#maxSlotBytes);
+    let thread = this.#liveThread(threadId, now);
+    if (thread === undefined) {
+      if (this.#threads.size >= this.#maxThreads) {
+        this.#sweepAll(now);
+        if (this.#threads.size >= this.#maxThreads) {
+          throw new ThreadLimitError(threadId, this.#maxThreads);
+        }
+      }
+      thread = { slots: [], expiresAt: Infinity };
+      this.#threads.set(threadId, thread);
+    } else if (thread.slots.length >= this.#maxSlotsPerThread) {
+      throw new SlotLimitError(threadId, this.#maxSlotsPerThread);
+    }
+    const index = thread.slots.push(slot.slice()) - 1;
+    if (this.#ttlMs > 0) {
+      thread.expiresAt = now + this.#ttlMs;
+      // Move to the end: the map stays in expiry order.
+      this.#threads.delete(threadId);
+      this.#threads.set(threadId, thread);
+    }
+    return index;
+  }
+
+  /** {@inheritDoc SharedBackend.bufferGetThread} */
+  async bufferGetThread(threadId: string): Promise<Uint8Array[]> {
+    const now = this.#enter("bufferGetThread");
+    checkId("threadId", threadId);
+    const thread = this.#liveThread(threadId, now);
+    return thread === undefined ? [] : thread.slots.map((slot) => slot.slice());
+  }
+
+  /** {@inheritDoc SharedBackend.bufferGetRange} */
+  async bufferGetRange(
+    threadId: string,
+    start: number,
+    end?: number,
+  ): Promise<Uint8Array[]> {
+    const now = this.#enter("bufferGetRange");
+    checkId("threadId", threadId);
+    checkRange(start, end);
+    const thread = this.#liveThread(threadId, now);
+    if (thread === undefined) return [];
+    return thread.slots.slice(start, end).map((slot) => slot.slice());
+  }
+
+  /** {@inheritDoc SharedBackend.bufferGetSlot} */
+  async bufferGetSlot(
+    threadId: string,
+    index: number,
+  ): Promise<Uint8Array | null> {
+    const now = this.#enter("bufferGetSlot");
+    checkId("threadId", threadId);
+    const thread = this.#liveThread(threadId, now);
+    if (thread === undefined || !isSlotIndex(index)) return null;
+    return thread.slots[index]?.slice() ?? null;
+  }
+
+  /** {@inheritDoc SharedBackend.bufferThreadLen} */
+  async bufferThreadLen(threadId: string): Promise<number> {
+    const now = this.#enter("bufferThreadLen");
+    checkId("threadId", threadId);
+    return this.#liveThread(threadId, now)?.slots.length ?? 0;
+  }
+
+  /** {@inheritDoc SharedBackend.bufferThreadExists} */
+  async bufferThreadExists(threadId: string): Promise<boolean> {
+    const now = this.#enter("bufferThreadExists");
+    checkId("threadId", threadId);
+    return this.#liveThread(threadId, now) !== undefined;
+  }
+
+  /** {@inheritDoc SharedBackend.bufferDeleteThread} */
+  async bufferDeleteThread(threadId: string): Promise<boolean> {
+    const now = this.#enter("bufferDeleteThread");
+    checkId("threadId", threadId);
+    const existed = this.#liveThread(threadId, now) !== undefined;
+    this.#threads.delete(threadId);
+    return existed;
+  }
+
+  /** {@inheritDoc SharedBackend.bufferListThreads} */
+  async bufferListThreads(): Promise<string[]> {
+    const now = this.#enter("bufferListThreads");
+    this.#sweepAll(now);
+    return [...this.#threads.keys()];
+  }
+
+  /** {@inheritDoc SharedBackend.bufferClear} */
+  async bufferClear(): Promise<void> {
+    this.#enter("bufferClear");
+    this.#threads.clear();
+  }
+
+  /** {@inheritDoc SharedBackend.registrySet} */
+  async registrySet(chain: string, uuid: string): Promise<void> {
+    const now = this.#enter("registrySet");
+    checkId("chain", chain);
+    checkId("uuid", uuid);
+    this.#map(chain, uuid, now);
+  }
+
+  /** {@inheritDoc SharedBackend.registrySetIfAbsent} */
+  async registrySetIfAbsent(chain: string, uuid: string): Promise<string> {
+    const now = this.#enter("registrySetIfAbsent");
+    checkId("chain", chain);
+    checkId("uuid", uuid);
+    const existing = this.#livePair(this.#chains, chain, now);
+    if (existing !== undefined) return existing.uuid;
+    this.#map(chain, uuid, now);
+    return uuid;
+  }
+
+  /** {@inheritDoc SharedBackend.registryGetUuid} */
+  async registryGetUuid(chain: string): Promise<string | null> {
+    const now = this.#enter("registryGetUuid");
+    checkId("chain", chain);
+    return this.#livePair(this.#chains, chain, now)?.uuid ?? null;
+  }
+
+  /** {@inheritDoc SharedBackend.registryGetChain} */
+  async registryGetChain(uuid: string): Promise<string | null> {
+    const now = this.#enter("registryGetChain");
+    checkId("uuid", uuid);
+    return this.#livePair(this.#uuids, uuid, now)?.chain ?? null;
+  }
+
+  /** {@inheritDoc SharedBackend.registryDelete} */
+  async registryDelete(uuid: string): Promise<boolean> {
+    const now = this.#enter("registryDelete");
+    checkId("uuid", uuid);
+    const pair = this.#livePair(this.#uuids, uuid, now);
+    if (pair === undefined) return false;
+    this.#unmap(pair);
+    return true;
+  }
+
+  /** {@inheritDoc SharedBackend.registryListAll} */
+  async registryListAll(): Promise<Map<string, string>> {
+    const now = this.#enter("registryListAll");
+    this.#sweepAll(now);
+    const all = new Map<string, string>();
+    for (const pair of this.#chains.values()) all.set(pair.uuid, pair.chain);
+    return all;
+  }
+
+  /** {@inheritDoc SharedBackend.registryClear} */
+  async registryClear(): Promise<void> {
+    this.#enter("registryClear");
+    this.#chains.clear();
+    this.#uuids.clear();
+  }
+
+  /** {@inheritDoc SharedBackend.ping} */
+  async ping(): Promise<boolean> {
+    this.#enter("ping");
+    return true;
+  }
+
+  /** {@inheritDoc SharedBackend.stats} */
+  async stats(): Promise<BackendStats> {
+    const now = this.#enter("stats");
+    this.#sweepAll(now);
+    let slots = 0;
+    for (const thread of this.#threads.values()) slots += thread.slots.length;
+    return {
+      kind: this.kind,
+      threads: this.#threads.size,
+      slots,
+      registryEntries: this.#chains.size,
+      ttlMs: this.#ttlMs,
+    };
+  }
+
+  /** {@inheritDoc SharedBackend.close} */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#threads.clear();
+    this.#chains.clear();
+    this.#uuids.clear();
+  }
+
+  /** Closes the backend: `await using backend = new InMemoryBackend()`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  /** Rejects calls after close, reclaims what expired, and returns the time. */
+  #enter(method: string): number {
+    if (this.#closed) throw new BackendClosedError(this.kind, method);
+    const now = this.#now();
+    if (this.#ttlMs > 0) this.#sweep(now);
+    return now;
+  }
+
+  /**
+   * Drops expired entries from the front of the expiry-ordered maps: O(1)
+   * when nothing expired, O(expired) otherwise. Every entry has the same TTL
+   * and moves to the end when refreshed, so the front expires first.
+   */
+  #sweep(now: number): void {
+    for (const [id, thread] of this.#threads) {
+      if (thread.expiresAt > now) break;
+      this.#threads.delete(id);
+    }
+    for (const pair of this.#chains.values()) {
+      if (pair.expiresAt > now) break;
+      this.#unmap(pair);
+    }
+  }
+
+  /** A full pass, for a clock that went backwards: exact counts for limits, lists and stats. */
+  #sweepAll(now: number): void {
+    if (this.#ttlMs === 0) return;
+    for (const [id, thread] of this.#threads) {
+      if (thread.expiresAt <= now) this.#threads.delete(id);
+    }
+    for (const pair of this.#chains.values()) {
+      if (pair.expiresAt <= now) this.#unmap(pair);
+    }
+  }
+
+  #liveThread(threadId: string, now: number): Thread | undefined {
+    const thread = this.#threads.get(threadId);
+    if (thread !== undefined && thread.expiresAt <= now) {
+      this.#threads.delete(threadId);
+      return undefined;
+    }
+    return thread;
+  }
+
+  #livePair(
+    map: Map<string, RegistryPair>,
+    key: string,
+    now: number,
+  ): RegistryPair | undefined {
+    const pair = map.get(key);
+    if (pair !== undefined && pair.expiresAt <= now) {
+      this.#unmap(pair);
+      return undefined;
+    }
+    return pair;
+  }
+
+  /** Maps chain <-> uuid, unmapping whatever either mapped to before. */
+  #map(chain: string, uuid: string, now: number): void {
+    const byChain = this.#chains.get(chain);
+    if (byChain !== undefined) this.#unmap(byChain);
+    const byUuid = this.#uuids.get(uuid);
+    if (byUuid !== undefined) this.#unmap(byUuid);
+    const pair = {
+      chain,
+      uuid,
+      expiresAt: this.#ttlMs > 0 ? now + this.#ttlMs : Infinity,
+    };
+    this.#chains.set(chain, pair);
+    this.#uuids.set(uuid, pair);
+  }
+
+  #unmap(pair: RegistryPair): void {
+    if (this.#chains.get(pair.chain) === pair) this.#chains.delete(pair.chain);
+    if (this.#uuids.get(pair.uuid) === pair) this.#uuids.delete(pair.uuid);
+  }
+}
+
+function dropUndefined<T extends object>(
+  value: T,
+): { [K in keyof T]: Exclude<T[K], undefined> } {
+  return Object.fromEntries(
+    Object.entries(value).filter(([, v]) => v !== undefined),
+  ) as { [K in keyof T]: Exclude<T[K], undefined> };
+}

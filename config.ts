@@ -1,0 +1,313 @@
+/**
+ * Configuration: the options of every backend, their defaults in one place,
+ * and {@linkcode configFromEnv} to read them from environment variables.
+ *
+ * @module
+ */
+
+/**
+ * Which backend to use and how. Every field is optional; the defaults are in
+ * {@linkcode DEFAULT_CONFIG}.
+ *
+ * @example
+ * ```ts
+ * import { type BackendConfig, createSharedBackend } from "@xml-pipeline/shared-backend";
+ * import assert from "node:assert/strict";
+ *
+ * const config: BackendConfig = { backendType: "memory", ttlMs: 60_000, maxThreads: 10 };
+ * await using backend = await createSharedBackend(config);
+ * assert.equal((await backend.stats()).ttlMs, 60_000);
+ * ```
+ */
+export interface BackendConfig {
+  /**
+   * The store: `"memory"` (one isolate), `"kv"` (Deno KV: a file shared by
+   * processes and Workers, or Deno Deploy's KV) or `"redis"` (many
+   * machines). `"manager"` is an alias of `"kv"`, the name the Python
+   * original gave its local multi-process backend.
+   *
+   * @default {"memory"}
+   */
+  backendType?: "memory" | "kv" | "redis" | "manager";
+  /**
+   * Key prefix that isolates tenants sharing one store. Two backends with
+   * different prefixes never see, count, expire or clear each other's data.
+   *
+   * @default {"xp:"}
+   */
+  prefix?: string;
+  /**
+   * Sliding time to live in milliseconds: a thread with no append, or a
+   * registry pair with no write, for this long disappears whole. 0 = never.
+   *
+   * @default {86400000}
+   */
+  ttlMs?: number;
+  /**
+   * Redis server URL (`redis://`, `rediss://`, with password and db index).
+   *
+   * @default {"redis://localhost:6379"}
+   */
+  redisUrl?: string;
+  /**
+   * Deno KV path: a file, `":memory:"`, or an `http(s)://` KV Connect URL.
+   * When absent, `Deno.openKv()` opens Deno's default KV (on Deno Deploy: the
+   * app's KV).
+   *
+   * @default {undefined}
+   */
+  kvPath?: string;
+  /**
+   * Most slots one thread may hold; an append past it is a `SlotLimitError`.
+   *
+   * @default {10000}
+   */
+  maxSlotsPerThread?: number;
+  /**
+   * Most live threads; an append that would create one more is a
+   * `ThreadLimitError`.
+   *
+   * @default {1000}
+   */
+  maxThreads?: number;
+  /**
+   * Largest slot in bytes; a bigger one is a `RangeError`.
+   *
+   * @default {4194304}
+   */
+  maxSlotBytes?: number;
+  /**
+   * An open Deno KV to use instead of `kvPath`. `close()` leaves it open: the
+   * caller owns it.
+   *
+   * @default {undefined}
+   */
+  kv?: Deno.Kv;
+  /**
+   * An ioredis `Redis` (or `Cluster`) client to use instead of `redisUrl`.
+   * `close()` leaves it open: the caller owns it.
+   *
+   * @default {undefined}
+   */
+  redisClient?: unknown;
+}
+
+/**
+ * The default of every option, in one place.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_CONFIG } from "@xml-pipeline/shared-backend";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(DEFAULT_CONFIG.ttlMs, 86_400_000);
+ * ```
+ */
+export const DEFAULT_CONFIG: Readonly<{
+  backendType: "memory";
+  prefix: string;
+  ttlMs: number;
+  redisUrl: string;
+  maxSlotsPerThread: number;
+  maxThreads: number;
+  maxSlotBytes: number;
+}> = Object.freeze({
+  backendType: "memory",
+  prefix: "xp:",
+  ttlMs: 86_400_000,
+  redisUrl: "redis://localhost:6379",
+  maxSlotsPerThread: 10_000,
+  maxThreads: 1_000,
+  maxSlotBytes: 4 * 1024 * 1024,
+});
+
+/**
+ * A config with every default filled in and every value checked. Backends
+ * take this from {@linkcode resolveConfig}.
+ */
+export interface ResolvedConfig {
+  /** The store, with `"manager"` resolved to `"kv"`. */
+  backendType: "memory" | "kv" | "redis";
+  /** See {@linkcode BackendConfig.prefix}. */
+  prefix: string;
+  /** See {@linkcode BackendConfig.ttlMs}. */
+  ttlMs: number;
+  /** See {@linkcode BackendConfig.redisUrl}. */
+  redisUrl: string;
+  /** See {@linkcode BackendConfig.kvPath}. */
+  kvPath: string | undefined;
+  /** See {@linkcode BackendConfig.maxSlotsPerThread}. */
+  maxSlotsPerThread: number;
+  /** See {@linkcode BackendConfig.maxThreads}. */
+  maxThreads: number;
+  /** See {@linkcode BackendConfig.maxSlotBytes}. */
+  maxSlotBytes: number;
+  /** See {@linkcode BackendConfig.kv}. */
+  kv: Deno.Kv | undefined;
+  /** See {@linkcode BackendConfig.redisClient}. */
+  redisClient: unknown;
+}
+
+const BACKEND_TYPES = ["memory", "kv", "redis", "manager"] as const;
+
+function checkCount(name: string, value: number, min: number): number {
+  if (
+    typeof value !== "number" || !Number.isSafeInteger(value) || value < min
+  ) {
+    throw new RangeError(
+      `Invalid ${name}: expected an integer >= ${min}, got ${String(value)}`,
+    );
+  }
+  return value;
+}
+
+/**
+ * Fills in the defaults of a config and checks every value.
+ *
+ * @param config The config as given.
+ * @returns The complete config.
+ * @throws {TypeError} A field has the wrong type (`backendType`, `prefix`, `redisUrl`, `kvPath`).
+ * @throws {RangeError} A number is negative, fractional or out of range; the message names the field.
+ *
+ * @example
+ * ```ts
+ * import { resolveConfig } from "@xml-pipeline/shared-backend";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(resolveConfig({ backendType: "manager" }).backendType, "kv");
+ * assert.throws(() => resolveConfig({ ttlMs: -1 }), RangeError);
+ * ```
+ */
+export function resolveConfig(config: BackendConfig = {}): ResolvedConfig {
+  if (config === null || typeof config !== "object") {
+    throw new TypeError(`Invalid config: expected an object, got ${config}`);
+  }
+  const type = config.backendType ?? DEFAULT_CONFIG.backendType;
+  if (!(BACKEND_TYPES as readonly string[]).includes(type)) {
+    throw new TypeError(
+      `Invalid backendType: expected one of ${BACKEND_TYPES.join(", ")}, got ${
+        JSON.stringify(type)
+      }`,
+    );
+  }
+  const prefix = config.prefix ?? DEFAULT_CONFIG.prefix;
+  if (typeof prefix !== "string") {
+    throw new TypeError(
+      `Invalid prefix: expected a string, got ${typeof prefix}`,
+    );
+  }
+  const redisUrl = config.redisUrl ?? DEFAULT_CONFIG.redisUrl;
+  if (typeof redisUrl !== "string" || redisUrl === "") {
+    throw new TypeError("Invalid redisUrl: expected a non-empty string");
+  }
+  if (
+    config.kvPath !== undefined &&
+    (typeof config.kvPath !== "string" || config.kvPath === "")
+  ) {
+    throw new TypeError("Invalid kvPath: expected a non-empty string");
+  }
+  return {
+    backendType: type === "manager" ? "kv" : type,
+    prefix,
+    ttlMs: checkCount("ttlMs", config.ttlMs ?? DEFAULT_CONFIG.ttlMs, 0),
+    redisUrl,
+    kvPath: config.kvPath,
+    maxSlotsPerThread: checkCount(
+      "maxSlotsPerThread",
+      config.maxSlotsPerThread ?? DEFAULT_CONFIG.maxSlotsPerThread,
+      1,
+    ),
+    maxThreads: checkCount(
+      "maxThreads",
+      config.maxThreads ?? DEFAULT_CONFIG.maxThreads,
+      1,
+    ),
+    maxSlotBytes: checkCount(
+      "maxSlotBytes",
+      config.maxSlotBytes ?? DEFAULT_CONFIG.maxSlotBytes,
+      0,
+    ),
+    kv: config.kv,
+    redisClient: config.redisClient,
+  };
+}
+
+/** The environment variables {@linkcode configFromEnv} reads, by option. */
+const ENV_NUMBERS = [
+  ["XP_TTL_MS", "ttlMs"],
+  ["XP_MAX_SLOTS_PER_THREAD", "maxSlotsPerThread"],
+  ["XP_MAX_THREADS", "maxThreads"],
+  ["XP_MAX_SLOT_BYTES", "maxSlotBytes"],
+] as const;
+
+/**
+ * Reads a config from environment variables. Unset (or empty) variables are
+ * left out, so the defaults apply.
+ *
+ * | variable | option |
+ * | --- | --- |
+ * | `XP_BACKEND` | `backendType` (`memory`, `kv`, `redis`, `manager`) |
+ * | `XP_PREFIX` | `prefix` |
+ * | `XP_TTL_MS` | `ttlMs` (`0` = never expire) |
+ * | `XP_REDIS_URL`, else `REDIS_URL` | `redisUrl` |
+ * | `XP_KV_PATH` | `kvPath` |
+ * | `XP_MAX_SLOTS_PER_THREAD` | `maxSlotsPerThread` |
+ * | `XP_MAX_THREADS` | `maxThreads` |
+ * | `XP_MAX_SLOT_BYTES` | `maxSlotBytes` |
+ *
+ * @param env The variables; default: `Deno.env.toObject()` (needs `--allow-env`).
+ * @returns The config the variables describe.
+ * @throws {TypeError} `XP_BACKEND` names no backend.
+ * @throws {RangeError} A number variable is not a non-negative integer; the message names the variable.
+ *
+ * @example
+ * ```ts
+ * import { configFromEnv } from "@xml-pipeline/shared-backend";
+ * import assert from "node:assert/strict";
+ *
+ * const config = configFromEnv({ XP_BACKEND: "redis", REDIS_URL: "redis://h:6379", XP_TTL_MS: "0" });
+ * assert.deepEqual(config, { backendType: "redis", redisUrl: "redis://h:6379", ttlMs: 0 });
+ * assert.throws(() => configFromEnv({ XP_MAX_THREADS: "ten" }), /XP_MAX_THREADS/);
+ * ```
+ */
+export function configFromEnv(
+  env?: Record<string, string | undefined>,
+): BackendConfig {
+  const vars = env ?? Deno.env.toObject();
+  const get = (name: string): string | undefined => {
+    const value = vars[name];
+    return value === undefined || value === "" ? undefined : value;
+  };
+  const config: BackendConfig = {};
+  const backend = get("XP_BACKEND");
+  if (backend !== undefined) {
+    if (!(BACKEND_TYPES as readonly string[]).includes(backend)) {
+      throw new TypeError(
+        `Invalid XP_BACKEND: expected one of ${BACKEND_TYPES.join(", ")}, got ${
+          JSON.stringify(backend)
+        }`,
+      );
+    }
+    config.backendType = backend as BackendConfig["backendType"] & string;
+  }
+  const prefix = get("XP_PREFIX");
+  if (prefix !== undefined) config.prefix = prefix;
+  const redisUrl = get("XP_REDIS_URL") ?? get("REDIS_URL");
+  if (redisUrl !== undefined) config.redisUrl = redisUrl;
+  const kvPath = get("XP_KV_PATH");
+  if (kvPath !== undefined) config.kvPath = kvPath;
+  for (const [name, option] of ENV_NUMBERS) {
+    const text = get(name);
+    if (text === undefined) continue;
+    const value = Number(text.trim());
+    if (!/^\s*\d+\s*$/.test(text) || !Number.isSafeInteger(value)) {
+      throw new RangeError(
+        `Invalid ${name}: expected a non-negative integer, got ${
+          JSON.stringify(text)
+        }`,
+      );
+    }
+    config[option] = value;
+  }
+  return config;
+}

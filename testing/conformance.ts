@@ -1,0 +1,6 @@
+/**
+ * The conformance suite (being written).
+ *
+ * @module
+ */
+export {};
