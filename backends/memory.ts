@@ -18,7 +18,10 @@ import {
 import type { BackendStats, SharedBackend } from "../protocol.ts";
 import { checkId, checkRange, checkSlot, isSlotIndex } from "../_validate.ts";
 
-/** Options of {@linkcode InMemoryBackend}: the config, plus a clock for tests. */
+/**
+ * Options of {@linkcode InMemoryBackend}: the config (its connection fields
+ * are ignored), plus a clock for tests.
+ */
 export interface InMemoryBackendOptions extends
   Pick<
     BackendConfig,
@@ -107,7 +110,7 @@ export class InMemoryBackend implements SharedBackend {
   /**
    * Makes an in-memory backend from a config, as the factory does.
    *
-   * @param config The config; connection fields are ignored.
+   * @param config The config (connection fields are ignored) and the clock.
    * @returns The new backend.
    *
    * @example
@@ -119,20 +122,12 @@ export class InMemoryBackend implements SharedBackend {
    * assert.equal(await backend.ping(), true);
    * ```
    */
-  static open(config: BackendConfig = {}): Promise<InMemoryBackend> {
-    const { ttlMs, maxSlotsPerThread, maxThreads, maxSlotBytes, prefix } =
-      config;
-    return Promise.resolve(
-      new InMemoryBackend(
-        dropUndefined({
-          ttlMs,
-          maxSlotsPerThread,
-          maxThreads,
-          maxSlotBytes,
-          prefix,
-        }),
-      ),
-    );
+  static open(config: InMemoryBackendOptions = {}): Promise<InMemoryBackend> {
+    try {
+      return Promise.resolve(new InMemoryBackend(config));
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   /** {@inheritDoc SharedBackend.bufferAppend} */
@@ -402,12 +397,4 @@ export class InMemoryBackend implements SharedBackend {
     if (this.#chains.get(pair.chain) === pair) this.#chains.delete(pair.chain);
     if (this.#uuids.get(pair.uuid) === pair) this.#uuids.delete(pair.uuid);
   }
-}
-
-function dropUndefined<T extends object>(
-  value: T,
-): { [K in keyof T]: Exclude<T[K], undefined> } {
-  return Object.fromEntries(
-    Object.entries(value).filter(([, v]) => v !== undefined),
-  ) as { [K in keyof T]: Exclude<T[K], undefined> };
 }

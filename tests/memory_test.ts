@@ -1,0 +1,110 @@
+import assert from "node:assert/strict";
+import { InMemoryBackend } from "../backends/memory.ts";
+import { runConformanceSuite } from "../testing/conformance.ts";
+
+Deno.test("InMemoryBackend meets the shared-backend contract", async (t) => {
+  let now = 1_000_000;
+  await runConformanceSuite(t, {
+    name: "memory",
+    open: (config) => InMemoryBackend.open({ ...config, now: () => now }),
+    advanceTime: (ms) => {
+      now += ms;
+    },
+    sharedStore: false,
+  });
+});
+
+Deno.test("InMemoryBackend on its own", async (t) => {
+  await t.step(
+    "expiry is exact on an injected clock: readable at ttlMs - 1, gone at ttlMs",
+    async () => {
+      let now = 0;
+      await using backend = new InMemoryBackend({ ttlMs: 100, now: () => now });
+      await backend.bufferAppend("t", new Uint8Array([1]));
+      await backend.registrySet("c", "u");
+      now = 99;
+      assert.equal(await backend.bufferThreadLen("t"), 1);
+      assert.equal(await backend.registryGetChain("u"), "c");
+      now = 100;
+      assert.equal(await backend.bufferThreadLen("t"), 0);
+      assert.equal(await backend.registryGetChain("u"), null);
+      assert.equal(await backend.registryGetUuid("c"), null);
+    },
+  );
+
+  await t.step(
+    "a clock that goes backwards neither loses live data nor keeps expired data in the counts",
+    async () => {
+      let now = 1_000;
+      await using backend = new InMemoryBackend({
+        ttlMs: 100,
+        maxThreads: 2,
+        now: () => now,
+      });
+      await backend.bufferAppend("late", new Uint8Array([1])); // expires at 1100
+      now = 900;
+      await backend.bufferAppend("early", new Uint8Array([1])); // expires at 1000, behind "late" in the map
+      now = 1_050;
+      assert.deepEqual(await backend.bufferListThreads(), ["late"]);
+      assert.equal(await backend.bufferAppend("new", new Uint8Array([1])), 0);
+      assert.equal((await backend.stats()).threads, 2);
+    },
+  );
+
+  await t.step(
+    "1 000 threads expire and a thread at maxThreads can be created at once",
+    async () => {
+      let now = 0;
+      await using backend = new InMemoryBackend({
+        ttlMs: 10,
+        maxThreads: 1_000,
+        now: () => now,
+      });
+      for (let i = 0; i < 1_000; i++) {
+        await backend.bufferAppend(`t${i}`, new Uint8Array(8));
+      }
+      await assert.rejects(backend.bufferAppend("one-more", new Uint8Array(1)));
+      now = 10;
+      assert.equal(
+        await backend.bufferAppend("one-more", new Uint8Array(1)),
+        0,
+      );
+      assert.deepEqual(await backend.stats(), {
+        kind: "memory",
+        threads: 1,
+        slots: 1,
+        registryEntries: 0,
+        ttlMs: 10,
+      });
+    },
+  );
+
+  await t.step("ttlMs 0 keeps data however far the clock moves", async () => {
+    let now = 0;
+    await using backend = new InMemoryBackend({ ttlMs: 0, now: () => now });
+    await backend.bufferAppend("t", new Uint8Array([1]));
+    await backend.registrySet("c", "u");
+    now = Number.MAX_SAFE_INTEGER;
+    assert.equal(await backend.bufferThreadLen("t"), 1);
+    assert.equal(await backend.registryGetUuid("c"), "u");
+  });
+
+  await t.step("invalid options are a RangeError naming the option", () => {
+    assert.throws(() => new InMemoryBackend({ ttlMs: -1 }), /ttlMs/);
+    assert.throws(() => new InMemoryBackend({ maxThreads: 0 }), /maxThreads/);
+    assert.throws(
+      () => new InMemoryBackend({ maxSlotsPerThread: 1.5 }),
+      /maxSlotsPerThread/,
+    );
+  });
+
+  await t.step(
+    "InMemoryBackend.open() rejects (not throws) on a bad config",
+    async () => {
+      await assert.rejects(
+        InMemoryBackend.open({ maxSlotBytes: -1 }),
+        /maxSlotBytes/,
+      );
+    },
+  );
+});
