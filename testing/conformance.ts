@@ -1356,17 +1356,22 @@ export async function runConformanceSuite(
       try {
         await check.fn(open, time);
       } finally {
-        for (const backend of opened) {
-          try {
-            await backend.bufferClear();
-            await backend.registryClear();
-          } catch (error) {
-            if (!(error instanceof BackendClosedError)) throw error;
-          }
-          await backend.close();
-        }
+        await cleanUp(opened);
       }
     });
+  }
+}
+
+/** Clears what a step wrote and closes its backends (one closed by the step is left as it is). */
+async function cleanUp(opened: SharedBackend[]): Promise<void> {
+  for (const backend of opened) {
+    try {
+      await backend.bufferClear();
+      await backend.registryClear();
+    } catch (error) {
+      if (!(error instanceof BackendClosedError)) throw error;
+    }
+    await backend.close();
   }
 }
 
