@@ -1,0 +1,75 @@
+/**
+ * The project's whole test run (`deno task test`): static checks, then the
+ * tests and doc examples, then one line `N passed, M failed` counted from the
+ * real results (each static check counts as one; every test and test step
+ * counts as one).
+ *
+ * @module
+ */
+
+const deno = Deno.execPath();
+const env = { ...Deno.env.toObject(), NO_COLOR: "1" };
+const entryPoints = [
+  "mod.ts",
+  ...Object.values(
+    (JSON.parse(await Deno.readTextFile("deno.json")) as {
+      exports: Record<string, string>;
+    }).exports,
+  ),
+];
+
+const checks: [string, string[]][] = [
+  ["format", ["fmt", "--check"]],
+  ["lint", ["lint"]],
+  ["type check", ["check", "."]],
+  ["doc lint", ["doc", "--lint", ...new Set(entryPoints)]],
+  ["publish dry run", ["publish", "--dry-run", "--allow-dirty"]],
+];
+
+let passed = 0;
+let failed = 0;
+
+for (const [name, args] of checks) {
+  console.log(`\n=== ${name}: deno ${args.join(" ")}`);
+  const { code } = await new Deno.Command(deno, { args, env }).spawn().status;
+  if (code === 0) {
+    passed++;
+  } else {
+    failed++;
+    console.log(`=== ${name} FAILED (exit code ${code})`);
+  }
+}
+
+// The tests and the doc examples of every module and of README.md.
+const testArgs = ["test", "-A", "--doc", ".", "README.md", ...Deno.args];
+console.log(`\n=== tests: deno ${testArgs.join(" ")}`);
+const child = new Deno.Command(deno, { args: testArgs, env, stdout: "piped" })
+  .spawn();
+let tail = "";
+const decoder = new TextDecoder();
+for await (const chunk of child.stdout) {
+  await Deno.stdout.write(chunk);
+  tail = (tail + decoder.decode(chunk, { stream: true })).slice(-4096);
+}
+const { code } = await child.status;
+
+// deno test ends with e.g. "ok | 5 passed (13 steps) | 0 failed" or
+// "FAILED | 4 passed (12 steps) | 1 failed (2 steps) | 3 ignored (1 step)".
+const summary = tail.match(/^(ok|FAILED) \| .*$/m)?.[0];
+if (summary === undefined) {
+  failed++;
+  console.log(`=== tests ended without a summary (exit code ${code})`);
+} else {
+  const count = (label: string) => {
+    const m = summary.match(
+      new RegExp(`(\\d+) ${label}(?: \\((\\d+) steps?\\))?`),
+    );
+    return m === null ? 0 : Number(m[1]) + Number(m[2] ?? 0);
+  };
+  passed += count("passed");
+  failed += count("failed");
+  if (code !== 0 && count("failed") === 0) failed++;
+}
+
+console.log(`\n${passed} passed, ${failed} failed`);
+Deno.exit(failed === 0 ? 0 : 1);
