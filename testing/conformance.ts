@@ -1024,8 +1024,13 @@ const CHECKS: Check[] = [
     async fn(open, time) {
       const T = time.ttlMs;
       const a = await open({ ttlMs: T });
-      const keep = await open({ ttlMs: 0 });
-      const limited = await open({ ttlMs: T, maxThreads: 1 });
+      // Own tenants: on a shared store, one prefix is one shared state.
+      const keep = await open({ ttlMs: 0, tenant: "keep:" });
+      const limited = await open({
+        ttlMs: T,
+        maxThreads: 1,
+        tenant: "limited:",
+      });
       const t0 = time.now();
       await a.bufferAppend("refreshed", bytes(0));
       await a.bufferAppend("idle", bytes(0));
