@@ -1,0 +1,299 @@
+// The Lua scripts of the Redis backend: every mutation is one of these, so it
+// is atomic and one round trip. They are registered with ioredis'
+// `defineCommand`, which sends EVALSHA and falls back to EVAL (reloading the
+// script) after a `SCRIPT FLUSH` or a server restart.
+//
+// Keys follow `_redis_keys.ts`. Scripts that reach keys they build from a
+// prefix in ARGV (a thread's list from the index, a registry partner) stay in
+// the tenant's hash slot: every key of a tenant carries its hash tag.
+//
+// Time is the server's (`TIME`), so that every client agrees on expiry: a
+// thread's list and its index entry get the same absolute expiry
+// (PEXPIREAT / score), and registry pairs likewise (SET ... PXAT). Needs
+// Redis >= 6.2 (PXAT).
+//
+// Replies are integers, bulk strings and flat arrays only: the same under
+// RESP2 and RESP3.
+
+import type { Redis } from "ioredis";
+
+/** Server time in ms, and the expiry `ttl` ms from now (nil when ttl = 0). */
+const NOW = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+`;
+
+/**
+ * Appends slots to one or more threads of a tenant, checking the limits.
+ *
+ * KEYS[1] the thread index; KEYS[2..n+1] the threads' lists (distinct).
+ * ARGV[1] ttlMs, ARGV[2] maxSlotsPerThread, ARGV[3] maxThreads,
+ * ARGV[4] the length of the thread key prefix (the index member is the key
+ * without it), ARGV[5..n+4] the number of slots for each thread, then every
+ * slot, thread after thread.
+ *
+ * Returns two integers per thread: the index of its first new slot and how
+ * many were appended (the rest hit maxSlotsPerThread), or -1 and 0 when the
+ * thread is new and maxThreads live threads exist. Nothing is written for
+ * what was refused. Each thread that got slots is refreshed whole (list and
+ * index entry) to now + ttl.
+ */
+const APPEND = `${NOW}
+local index = KEYS[1]
+local ttl = tonumber(ARGV[1])
+local max_slots = tonumber(ARGV[2])
+local max_threads = tonumber(ARGV[3])
+local plen = tonumber(ARGV[4])
+local n = #KEYS - 1
+local expiry = '+inf'
+local now
+if ttl > 0 then
+  now = now_ms()
+  expiry = now + ttl
+end
+local pruned = false
+local out = {}
+local pos = 5 + n
+for i = 1, n do
+  local key = KEYS[i + 1]
+  local count = tonumber(ARGV[4 + i])
+  local len = redis.call('LLEN', key)
+  local member = string.sub(key, plen + 1)
+  local allowed = true
+  if len == 0 then
+    if ttl > 0 and not pruned then
+      redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+      pruned = true
+    end
+    if not redis.call('ZSCORE', index, member)
+      and redis.call('ZCARD', index) >= max_threads then
+      allowed = false
+    end
+  end
+  if allowed then
+    local take = math.min(count, max_slots - len)
+    if take > 0 then
+      redis.call('RPUSH', key, unpack(ARGV, pos, pos + take - 1))
+      redis.call('ZADD', index, expiry, member)
+      if ttl > 0 then redis.call('PEXPIREAT', key, expiry) end
+    else
+      take = 0
+    end
+    out[#out + 1] = len
+    out[#out + 1] = take
+  else
+    out[#out + 1] = -1
+    out[#out + 1] = 0
+  end
+  pos = pos + count
+end
+if ttl > 0 then redis.call('PEXPIREAT', index, expiry) end
+return out
+`;
+
+/**
+ * Deletes a thread. KEYS[1] the thread index, KEYS[2] the list; ARGV[1] the
+ * thread id. Returns 1 if the thread existed.
+ */
+const DELETE_THREAD = `
+local existed = redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return existed
+`;
+
+/**
+ * Lists the live threads. KEYS[1] the thread index. Drops expired entries
+ * first (their lists expired by themselves). Returns the ids.
+ */
+const LIST_THREADS = `${NOW}
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+`;
+
+/**
+ * Deletes every thread of the tenant. KEYS[1] the thread index; ARGV[1] the
+ * thread key prefix. Returns the number of ids deleted.
+ */
+const CLEAR_THREADS = `
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local batch = {}
+for i = 1, #ids do
+  batch[#batch + 1] = ARGV[1] .. ids[i]
+  if #batch == 500 then
+    redis.call('UNLINK', unpack(batch))
+    batch = {}
+  end
+end
+if #batch > 0 then redis.call('UNLINK', unpack(batch)) end
+redis.call('DEL', KEYS[1])
+return #ids
+`;
+
+/**
+ * Counts the tenant's live data. KEYS[1] the thread index, KEYS[2] the
+ * registry index; ARGV[1] the thread key prefix. Returns
+ * [threads, slots, registry pairs].
+ */
+const STATS = `${NOW}
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local slots = 0
+for i = 1, #ids do
+  slots = slots + redis.call('LLEN', ARGV[1] .. ids[i])
+end
+return { #ids, slots, redis.call('ZCARD', KEYS[2]) }
+`;
+
+/** Shared body of registrySet and registrySetIfAbsent: maps ARGV[2] <-> ARGV[3]. */
+const MAP_PAIR = `${NOW}
+local function map_pair()
+  local ttl = tonumber(ARGV[1])
+  local chain, uuid = ARGV[2], ARGV[3]
+  local old_uuid = redis.call('GET', KEYS[2])
+  if old_uuid and old_uuid ~= uuid then
+    redis.call('DEL', ARGV[5] .. old_uuid)
+    redis.call('ZREM', KEYS[1], old_uuid)
+  end
+  local old_chain = redis.call('GET', KEYS[3])
+  if old_chain and old_chain ~= chain then
+    redis.call('DEL', ARGV[4] .. old_chain)
+  end
+  if ttl > 0 then
+    local expiry = now_ms() + ttl
+    redis.call('SET', KEYS[2], uuid, 'PXAT', expiry)
+    redis.call('SET', KEYS[3], chain, 'PXAT', expiry)
+    redis.call('ZADD', KEYS[1], expiry, uuid)
+    redis.call('PEXPIREAT', KEYS[1], expiry)
+  else
+    redis.call('SET', KEYS[2], uuid)
+    redis.call('SET', KEYS[3], chain)
+    redis.call('ZADD', KEYS[1], '+inf', uuid)
+  end
+end
+`;
+
+/**
+ * Maps a chain to a uuid both ways, unmapping their former partners.
+ * KEYS[1] the registry index, KEYS[2] the chain's key, KEYS[3] the uuid's
+ * key; ARGV[1] ttlMs, ARGV[2] chain, ARGV[3] uuid, ARGV[4] the chain key
+ * prefix, ARGV[5] the uuid key prefix. Returns 1.
+ */
+const REGISTRY_SET = `${MAP_PAIR}
+map_pair()
+return 1
+`;
+
+/**
+ * As REGISTRY_SET, only if the chain is unmapped. Returns the uuid the chain
+ * maps to afterwards.
+ */
+const REGISTRY_SET_IF_ABSENT = `${MAP_PAIR}
+local current = redis.call('GET', KEYS[2])
+if current then return current end
+map_pair()
+return ARGV[3]
+`;
+
+/**
+ * Removes a uuid's pair. KEYS[1] the registry index, KEYS[2] the uuid's key;
+ * ARGV[1] the uuid, ARGV[2] the chain key prefix. Returns 1 if it was mapped.
+ */
+const REGISTRY_DELETE = `
+local chain = redis.call('GET', KEYS[2])
+if not chain then return 0 end
+redis.call('DEL', KEYS[2], ARGV[2] .. chain)
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+`;
+
+/**
+ * Lists the live pairs. KEYS[1] the registry index; ARGV[1] the uuid key
+ * prefix. Returns [uuid, chain, uuid, chain, ...].
+ */
+const REGISTRY_LIST = `${NOW}
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
+local uuids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local out = {}
+for i = 1, #uuids do
+  local chain = redis.call('GET', ARGV[1] .. uuids[i])
+  if chain then
+    out[#out + 1] = uuids[i]
+    out[#out + 1] = chain
+  end
+end
+return out
+`;
+
+/**
+ * Removes every pair of the tenant. KEYS[1] the registry index; ARGV[1] the
+ * chain key prefix, ARGV[2] the uuid key prefix. Returns the pairs removed.
+ */
+const REGISTRY_CLEAR = `
+local uuids = redis.call('ZRANGE', KEYS[1], 0, -1)
+for i = 1, #uuids do
+  local chain = redis.call('GET', ARGV[2] .. uuids[i])
+  if chain then redis.call('DEL', ARGV[1] .. chain) end
+  redis.call('DEL', ARGV[2] .. uuids[i])
+end
+redis.call('DEL', KEYS[1])
+return #uuids
+`;
+
+/** An argument of a script call. */
+export type ScriptArg = string | number | Uint8Array;
+
+/** The commands {@linkcode defineScripts} adds to a client. */
+export interface ScriptCommands {
+  xpSbAppend(numKeys: number, ...args: ScriptArg[]): Promise<number[]>;
+  xpSbDeleteThread(...args: ScriptArg[]): Promise<number>;
+  xpSbListThreads(...args: ScriptArg[]): Promise<string[]>;
+  xpSbClearThreads(...args: ScriptArg[]): Promise<number>;
+  xpSbStats(...args: ScriptArg[]): Promise<[number, number, number]>;
+  xpSbRegistrySet(...args: ScriptArg[]): Promise<number>;
+  xpSbRegistrySetIfAbsent(...args: ScriptArg[]): Promise<string>;
+  xpSbRegistryDelete(...args: ScriptArg[]): Promise<number>;
+  xpSbRegistryList(...args: ScriptArg[]): Promise<string[]>;
+  xpSbRegistryClear(...args: ScriptArg[]): Promise<number>;
+}
+
+/** Each script with its number of keys (`undefined`: given per call). */
+const SCRIPTS: Record<
+  keyof ScriptCommands,
+  { lua: string; numberOfKeys?: number }
+> = {
+  xpSbAppend: { lua: APPEND },
+  xpSbDeleteThread: { lua: DELETE_THREAD, numberOfKeys: 2 },
+  xpSbListThreads: { lua: LIST_THREADS, numberOfKeys: 1 },
+  xpSbClearThreads: { lua: CLEAR_THREADS, numberOfKeys: 1 },
+  xpSbStats: { lua: STATS, numberOfKeys: 2 },
+  xpSbRegistrySet: { lua: REGISTRY_SET, numberOfKeys: 3 },
+  xpSbRegistrySetIfAbsent: { lua: REGISTRY_SET_IF_ABSENT, numberOfKeys: 3 },
+  xpSbRegistryDelete: { lua: REGISTRY_DELETE, numberOfKeys: 2 },
+  xpSbRegistryList: { lua: REGISTRY_LIST, numberOfKeys: 1 },
+  xpSbRegistryClear: { lua: REGISTRY_CLEAR, numberOfKeys: 1 },
+};
+
+/** The append script's source, for baselines and `redis-benchmark`. */
+export const APPEND_SCRIPT: string = APPEND;
+
+/**
+ * Registers the scripts on a client (idempotent; the names start with
+ * `xpSb` so they do not clash with a caller's own commands).
+ */
+export function defineScripts(
+  client: Pick<Redis, "defineCommand">,
+): void {
+  for (const [name, { lua, numberOfKeys }] of Object.entries(SCRIPTS)) {
+    if (typeof (client as Record<string, unknown>)[name] === "function") {
+      continue;
+    }
+    client.defineCommand(
+      name,
+      numberOfKeys === undefined ? { lua } : { lua, numberOfKeys },
+    );
+  }
+}
