@@ -55,3 +55,12 @@ export {
 } from "./backends/memory.ts";
 export { KvBackend } from "./backends/kv.ts";
 export { RedisBackend } from "./backends/redis.ts";
+export {
+  type AppendOptions,
+  type BufferSlot,
+  ContextBuffer,
+  type ContextBufferOptions,
+  type ContextBufferStats,
+  payloadTypeName,
+} from "./context.ts";
+export { type PruneResult, ThreadRegistry } from "./registry.ts";
