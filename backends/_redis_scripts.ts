@@ -15,7 +15,7 @@
 // Replies are integers, bulk strings and flat arrays only: the same under
 // RESP2 and RESP3.
 
-import type { Redis } from "ioredis";
+import type { RedisClientLike } from "./_redis_client.ts";
 
 /** Server time in ms, and the expiry `ttl` ms from now (nil when ttl = 0). */
 const NOW = `
@@ -285,7 +285,7 @@ export const APPEND_SCRIPT: string = APPEND;
  * `xpSb` so they do not clash with a caller's own commands).
  */
 export function defineScripts(
-  client: Pick<Redis, "defineCommand">,
+  client: Pick<RedisClientLike, "defineCommand">,
 ): void {
   for (const [name, { lua, numberOfKeys }] of Object.entries(SCRIPTS)) {
     if (typeof (client as Record<string, unknown>)[name] === "function") {

@@ -41,7 +41,6 @@
  */
 
 import { Buffer } from "node:buffer";
-import type { Redis, RedisOptions } from "ioredis";
 import { type BackendConfig, resolveConfig } from "../config.ts";
 import {
   BackendClosedError,
@@ -52,6 +51,12 @@ import {
 import type { BackendStats, SharedBackend } from "../protocol.ts";
 import { checkId, checkRange, checkSlot, isSlotIndex } from "../_validate.ts";
 import { type RedisKeys, redisKeys } from "./_redis_keys.ts";
+import {
+  IOREDIS_SPECIFIER,
+  type IoredisModule,
+  type RedisClientLike,
+  type RedisClientOptions,
+} from "./_redis_client.ts";
 import { defineScripts, type ScriptCommands } from "./_redis_scripts.ts";
 
 export type { BackendKind, BackendStats, SharedBackend } from "../protocol.ts";
@@ -80,7 +85,7 @@ const MAX_BATCH_BYTES = 8 * 1024 * 1024;
  * disconnected rejects at once, nothing sent), no resending of commands in
  * flight when the connection drops, no retry per request.
  */
-const CLIENT_OPTIONS = {
+const CLIENT_OPTIONS: RedisClientOptions = {
   // RESP2: our scripts reply with integers, strings and flat arrays, the same
   // in RESP2 and RESP3; RESP2 saves the HELLO handshake and works through
   // proxies that refuse HELLO. Pinned so that an ioredis upgrade cannot
@@ -93,9 +98,9 @@ const CLIENT_OPTIONS = {
   connectTimeout: CONNECT_TIMEOUT_MS,
   socketTimeout: SOCKET_TIMEOUT_MS,
   retryStrategy: (times: number) => Math.min(100 * times, 1_000),
-} satisfies RedisOptions;
+};
 
-type Client = Redis & ScriptCommands;
+type Client = RedisClientLike & ScriptCommands;
 
 interface PendingAppend {
   slot: Buffer;
@@ -220,11 +225,16 @@ export class RedisBackend implements SharedBackend {
       return new RedisBackend(client, false, describeClient(client), resolved);
     }
     const endpoint = describeUrl(resolved.redisUrl);
-    const { Redis } = await import("ioredis");
+    // A specifier in a variable: not part of the module graph, so importing this
+    // module never loads (or lists) ioredis; it loads when a backend connects.
+    const specifier: string = IOREDIS_SPECIFIER;
+    const { Redis } = await import(specifier) as IoredisModule;
     const client = new Redis(resolved.redisUrl, CLIENT_OPTIONS) as Client;
     let lastError: Error | undefined;
     // Without a listener ioredis prints every connection error; calls report them instead.
-    client.on("error", (error: Error) => lastError = error);
+    client.on("error", (error) => {
+      lastError = error instanceof Error ? error : new Error(String(error));
+    });
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       await Promise.race([
@@ -693,7 +703,10 @@ export class RedisBackend implements SharedBackend {
 }
 
 /** Ends a connection this backend opened: QUIT (when `graceful`), then wait for the socket's end. */
-async function endConnection(client: Redis, graceful: boolean): Promise<void> {
+async function endConnection(
+  client: RedisClientLike,
+  graceful: boolean,
+): Promise<void> {
   const status = client.status as string;
   if (status === "end") return;
   if (status === "reconnecting" || status === "close") {
@@ -724,7 +737,7 @@ async function endConnection(client: Redis, graceful: boolean): Promise<void> {
 }
 
 function checkClient(value: unknown): Client {
-  const client = value as Partial<Redis> & {
+  const client = value as Partial<RedisClientLike> & {
     options?: Record<string, unknown> & {
       redisOptions?: Record<string, unknown>;
     };
@@ -746,7 +759,7 @@ function checkClient(value: unknown): Client {
   return value as Client;
 }
 
-function describeClient(client: Redis): string {
+function describeClient(client: RedisClientLike): string {
   const options = client.options as
     | { host?: string; port?: number }
     | undefined;
