@@ -65,8 +65,8 @@ export { type PruneResult, ThreadRegistry } from "./registry.ts";
 export interface BufferSlot<T = unknown> {
   /**
    * The payload. On a slot returned by `append`, the value that was passed
-   * in; on a slot that was read, the value as {@linkcode deserializeSlot}
-   * decodes it (class instances come back as plain objects).
+   * in; on a slot that was read, a fresh copy, as {@linkcode deserializeSlot}
+   * decodes it.
    */
   readonly payload: T;
   /** The thread the slot belongs to. */
@@ -232,8 +232,11 @@ interface StoredSlot {
  * 4. `null`: `"null"`; a primitive: its `typeof` (`"string"`, `"number"`,
  *    `"boolean"`, `"bigint"`).
  *
- * Deserialized payloads are plain objects, so store the name at append time
- * (where the class is still known) rather than recomputing it from a read.
+ * Of class instances, {@linkcode serializeSlot} stores only `Date`, `Map`
+ * and `Uint8Array` (and arrays); it refuses others with a `TypeError`, so
+ * store a class's data as a plain object and name it with a `type` field or
+ * the `payloadType` option. The name is stored at append time: read the
+ * slot's `payloadType` rather than calling this on a read payload.
  *
  * @param payload The payload.
  * @returns Its type name.
@@ -285,7 +288,9 @@ export function payloadTypeName(payload: unknown): string {
  * **Storage.** Each slot is one MessagePack value ({@linkcode serializeSlot}):
  * `{ v: 1, threadId, fromId, toId, timestamp, payloadType, payload }` plus
  * `ownName`, `isSelfCall`, `usageInstructions` when they differ from their
- * defaults. Payloads must be values `serializeSlot` can encode.
+ * defaults. Payloads must be values `serializeSlot` can encode exactly:
+ * JSON-like data, `Uint8Array`, `Date`, `Map`, `bigint`, nested; not class
+ * instances (a `TypeError` naming `$.payload`), nothing is silently changed.
  *
  * The buffer does not own the backend: closing the backend is the caller's
  * job.
@@ -361,8 +366,10 @@ export class ContextBuffer<T = unknown> {
    * @param options Sender, receiver, and the optional metadata.
    * @returns The new slot, frozen; its `slotIndex` is the index the append returned.
    * @throws {TypeError} `threadId`, `fromId` or `toId` is not a non-empty
-   * string, an optional field has the wrong type, or `payload` is `undefined`.
-   * @throws {RangeError} `threadId` is too long, or the encoded slot is over `maxSlotBytes`.
+   * string, an optional field has the wrong type, or `payload` is `undefined`
+   * or holds a value `serializeSlot` cannot encode (a class instance, say).
+   * @throws {RangeError} `threadId` is too long, the encoded slot is over
+   * `maxSlotBytes`, or `payload` holds a value `serializeSlot` refuses as out of range.
    * @throws {SlotLimitError} The thread holds `maxSlotsPerThread` slots.
    * @throws {ThreadLimitError} The thread is new and `maxThreads` live threads exist.
    *

@@ -185,19 +185,48 @@ export async function runInWorkers<R extends WorkerTaskResult>(
     workers.forEach((worker, i) =>
       worker.postMessage({ type: "start", config, task: tasks[i] })
     );
-    for (const message of await Promise.all(ready)) {
+    for (const message of await withTimeout(ready, "open their backends")) {
       if (message.type !== "ready") throw workerError(message);
     }
     const done = workers.map((worker) => nextMessage(worker));
     for (const worker of workers) worker.postMessage({ type: "go" });
     const results: R[] = [];
-    for (const message of await Promise.all(done)) {
+    for (const message of await withTimeout(done, "run their tasks")) {
       if (message.type !== "done") throw workerError(message);
       results.push(message.result as R);
     }
     return results;
   } finally {
     for (const worker of workers) worker.terminate();
+  }
+}
+
+/** How long the Workers may take per phase before the test fails instead of hanging. */
+const WORKER_PHASE_TIMEOUT_MS = 120_000;
+
+async function withTimeout<T>(
+  pending: Promise<T>[],
+  phase: string,
+): Promise<T[]> {
+  const settled = pending.map(() => false);
+  pending.forEach((p, i) => p.finally(() => settled[i] = true).catch(() => {}));
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const late = settled.flatMap((done, i) => done ? [] : [i]);
+      reject(
+        new Error(
+          `Workers ${
+            late.join(", ")
+          } did not ${phase} within ${WORKER_PHASE_TIMEOUT_MS} ms`,
+        ),
+      );
+    }, WORKER_PHASE_TIMEOUT_MS);
+  });
+  try {
+    return await Promise.race([Promise.all(pending), timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
