@@ -322,8 +322,9 @@ export class KvBackend implements SharedBackend {
     return this.#run("bufferAppend", async () => {
       checkId("threadId", threadId);
       checkSlot(slot, this.#maxSlotBytes);
-      const sweep = this.#maintain();
-      if (sweep !== undefined) await sweep;
+      // The sweep runs beside the append (close() waits for it): queued
+      // appends keep their call order.
+      this.#maintain();
       const keyBytes = this.#prefixBytes + bytesOf(threadId) + 48;
       if (slot.byteLength <= CHUNK_BYTES) {
         return await this.#submit({
@@ -445,7 +446,7 @@ export class KvBackend implements SharedBackend {
       if (head === null || !isSlotIndex(index) || index >= head.n) return null;
       const entry = await this.#io(() =>
         this.#kv.get<Uint8Array | BlobRef>(
-          this.#keys.slot(threadId, head.g, index),
+          this.#keys.slot(threadId, head.g, index + 0), // -0 is its own key
         )
       );
       if (entry.value === null) return await this.#vanished(threadId, head);
@@ -1147,7 +1148,7 @@ export class KvBackend implements SharedBackend {
   ): Promise<Uint8Array[]> {
     const head = await this.#liveHead(threadId);
     if (head === null) return [];
-    const from = Math.min(start, head.n);
+    const from = Math.min(start, head.n) + 0; // -0 is its own key
     const to = Math.min(end ?? head.n, head.n);
     if (to <= from) return [];
     const entries = await this.#io(() =>

@@ -1,0 +1,575 @@
+import assert from "node:assert/strict";
+import { KvBackend, type KvBackendOptions } from "../backends/kv.ts";
+import type { BackendConfig } from "../config.ts";
+import { runConformanceSuite } from "../testing/conformance.ts";
+
+Deno.test("KvBackend meets the shared-backend contract", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "kv_conformance_" });
+  const kvPath = `${dir}/store.db`;
+  try {
+    await runConformanceSuite(t, {
+      name: "kv",
+      open: (config) => KvBackend.open({ ...config, kvPath }),
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// ------------------------------------------------------------------ helpers
+
+import { BackendError, SlotLimitError, ThreadLimitError } from "../errors.ts";
+import {
+  type AppendJob,
+  type AppendReport,
+  tagged,
+} from "./_fixtures/kv_appender.ts";
+
+const FIXTURE = new URL("./_fixtures/kv_appender.ts", import.meta.url);
+
+/** A fresh KV file in a temp dir, removed at the end of the scope. */
+async function tempStore(): Promise<
+  { path: string } & AsyncDisposable
+> {
+  const dir = await Deno.makeTempDir({ prefix: "kv_test_" });
+  return {
+    path: `${dir}/store.db`,
+    [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
+  };
+}
+
+/** Every raw key and entry under a tenant's prefix. */
+async function rawEntries(
+  path: string,
+  prefix: string,
+): Promise<Deno.KvEntry<unknown>[]> {
+  using kv = await Deno.openKv(path);
+  return await Array.fromAsync(kv.list({ prefix: [prefix] }));
+}
+
+function runWorker(job: AppendJob): Promise<AppendReport> {
+  const worker = new Worker(FIXTURE, { type: "module" });
+  return new Promise((resolve, reject) => {
+    worker.onmessage = (event: MessageEvent<AppendReport>) => {
+      worker.terminate();
+      resolve(event.data);
+    };
+    worker.onerror = (event) => {
+      event.preventDefault();
+      worker.terminate();
+      reject(new Error(`worker ${job.writer} failed: ${event.message}`));
+    };
+    worker.postMessage(job);
+  });
+}
+
+function processArgs(job: AppendJob): string[] {
+  return [
+    "run",
+    "--quiet",
+    "--allow-read",
+    "--allow-write",
+    "--unstable-kv",
+    FIXTURE.pathname,
+    JSON.stringify(job),
+  ];
+}
+
+async function runProcess(job: AppendJob): Promise<AppendReport> {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: processArgs(job),
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  if (!output.success) {
+    throw new Error(
+      `writer ${job.writer} failed: ${decoder.decode(output.stderr)}`,
+    );
+  }
+  return JSON.parse(decoder.decode(output.stdout));
+}
+
+function byOutcome(reports: AppendReport[]) {
+  const results = reports.flatMap((r) =>
+    r.results.map((x) => ({ ...x, writer: r.writer }))
+  );
+  return {
+    ok: results.filter((x) => x.index !== undefined),
+    failed: results.filter((x) => x.error !== undefined),
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// ------------------------------------------------------------ KV specifics
+
+Deno.test("KvBackend on one KV file shared by Workers and processes", async (t) => {
+  await t.step(
+    "4 Workers and 2 deno run subprocesses appending to one thread get dense, unique indexes and their own bytes",
+    async () => {
+      await using store = await tempStore();
+      const job = (writer: number): AppendJob => ({
+        kind: "append",
+        kvPath: store.path,
+        config: { prefix: "procs:" },
+        threadIds: ["shared"],
+        writer,
+        count: 150,
+        size: 200,
+        inflight: 8,
+      });
+      const reports = await Promise.all([
+        runWorker(job(1)),
+        runWorker(job(2)),
+        runWorker(job(3)),
+        runWorker(job(4)),
+        runProcess(job(5)),
+        runProcess(job(6)),
+      ]);
+      const { ok, failed } = byOutcome(reports);
+      assert.deepEqual(failed, []);
+      assert.equal(ok.length, 900);
+      assert.deepEqual(
+        ok.map((x) => x.index!).toSorted((a, b) => a - b),
+        [...Array(900).keys()],
+      );
+      await using backend = await KvBackend.open({
+        kvPath: store.path,
+        prefix: "procs:",
+      });
+      const slots = await backend.bufferGetThread("shared");
+      assert.equal(slots.length, 900);
+      for (const x of ok) {
+        assert.deepEqual(slots[x.index!], tagged(x.writer, x.seq, 200));
+      }
+    },
+  );
+
+  await t.step(
+    "a subprocess killed with SIGKILL mid 1 MiB append leaves nothing partial; appends go on densely and its orphaned chunks are reclaimed",
+    async () => {
+      await using store = await tempStore();
+      const prefix = "kill:";
+      const size = 1024 * 1024;
+      let orphans = 0;
+      // The kill lands mid-upload nearly always; try again if it fell between two.
+      for (let round = 0; round < 3 && orphans === 0; round++) {
+        const child = new Deno.Command(Deno.execPath(), {
+          args: processArgs({
+            kind: "big",
+            kvPath: store.path,
+            config: { prefix },
+            options: { uploadTimeoutMs: 1_000 },
+            threadIds: ["big"],
+            writer: 7,
+            count: 0,
+            size,
+            inflight: 1,
+          }),
+          stdout: "piped",
+          stderr: "null",
+        }).spawn();
+        let lines = 0;
+        let killed = false;
+        for await (
+          const text of child.stdout.pipeThrough(new TextDecoderStream())
+        ) {
+          lines += text.split("\n").length - 1;
+          if (lines >= 2 && !killed) {
+            await sleep(Math.random() * 20);
+            child.kill("SIGKILL");
+            killed = true;
+          }
+        }
+        const status = await child.status;
+        assert.equal(status.signal, "SIGKILL");
+        orphans = (await rawEntries(store.path, prefix)).filter((e) =>
+          e.key[1] === "upload"
+        ).length;
+      }
+      assert.ok(orphans > 0, "no kill landed mid-upload in 3 rounds");
+
+      await using backend = await KvBackend.open({
+        kvPath: store.path,
+        prefix,
+      });
+      const slots = await backend.bufferGetThread("big");
+      assert.ok(slots.length >= 2);
+      slots.forEach((slot, i) => {
+        assert.equal(slot.byteLength, size);
+        // Each round's writer restarts its seq at 0: the header says which.
+        const seq = new DataView(slot.buffer).getUint32(4);
+        assert.deepEqual(slot, tagged(7, seq, size));
+        assert.ok(i >= seq);
+      });
+      const n = slots.length;
+      assert.equal(await backend.bufferAppend("big", new Uint8Array([1])), n);
+      assert.equal(
+        await backend.bufferAppend("big", new Uint8Array([2])),
+        n + 1,
+      );
+
+      // Past the upload deadline, the next sweep reclaims the orphans.
+      await sleep(1_100);
+      await using later = await KvBackend.open({ kvPath: store.path, prefix });
+      assert.equal(await later.bufferThreadLen("big"), n + 2);
+      const raw = await rawEntries(store.path, prefix);
+      assert.equal(raw.filter((e) => e.key[1] === "upload").length, 0);
+      assert.equal(
+        raw.filter((e) => e.key[1] === "chunk").length,
+        n * Math.ceil(size / (60 * 1024)),
+      );
+    },
+  );
+
+  await t.step(
+    "maxSlotsPerThread and maxThreads hold when 2 Workers and 2 processes race at the edge",
+    async () => {
+      await using store = await tempStore();
+      const job = (
+        writer: number,
+        config: AppendJob["config"],
+        threadIds: string[],
+        count: number,
+      ): AppendJob => ({
+        kind: "append",
+        kvPath: store.path,
+        config,
+        threadIds,
+        writer,
+        count,
+        size: 32,
+        inflight: 8,
+      });
+      const race = (make: (writer: number) => AppendJob) =>
+        Promise.all([
+          runWorker(make(1)),
+          runWorker(make(2)),
+          runProcess(make(3)),
+          runProcess(make(4)),
+        ]);
+      const slots = byOutcome(
+        await race((w) =>
+          job(w, { prefix: "slots:", maxSlotsPerThread: 50 }, ["edge"], 40)
+        ),
+      );
+      assert.equal(slots.ok.length, 50);
+      assert.ok(slots.failed.every((x) => x.error === "SlotLimitError"));
+      assert.deepEqual(
+        slots.ok.map((x) => x.index!).toSorted((a, b) => a - b),
+        [...Array(50).keys()],
+      );
+      const threads = byOutcome(
+        await race((w) =>
+          job(
+            w,
+            { prefix: "threads:", maxThreads: 15 },
+            Array.from({ length: 10 }, (_, i) => `w${w}-${i}`),
+            10,
+          )
+        ),
+      );
+      assert.equal(threads.ok.length, 15);
+      assert.equal(threads.failed.length, 25);
+      assert.ok(threads.failed.every((x) => x.error === "ThreadLimitError"));
+      await using backend = await KvBackend.open({
+        kvPath: store.path,
+        prefix: "threads:",
+        maxThreads: 15,
+      });
+      assert.equal((await backend.bufferListThreads()).length, 15);
+    },
+  );
+});
+
+Deno.test("KvBackend TTL with a short ttl: exact expiry, storage reclaimed", async () => {
+  await using store = await tempStore();
+  const prefix = "ttl:";
+  await using backend = await KvBackend.open({
+    kvPath: store.path,
+    prefix,
+    ttlMs: 1_000,
+  });
+  await Promise.all(
+    Array.from(
+      { length: 300 },
+      (_, i) => backend.bufferAppend("long", new Uint8Array([i & 0xff])),
+    ),
+  );
+  await backend.bufferAppend("long", new Uint8Array(200_000).fill(3));
+  await backend.bufferAppend("short", new Uint8Array([1]));
+  await backend.registrySet("a.b", "u1");
+  const start = Date.now();
+  await sleep(700);
+  assert.equal(await backend.bufferThreadLen("long"), 301);
+  assert.equal(await backend.registryGetChain("u1"), "a.b");
+  await sleep(Math.max(0, start + 1_000 - Date.now()) + 50);
+  // Gone whole, on every read; not listed, not counted.
+  assert.equal(await backend.bufferThreadExists("long"), false);
+  assert.deepEqual(await backend.bufferGetThread("long"), []);
+  assert.equal(await backend.bufferGetSlot("long", 0), null);
+  assert.deepEqual(await backend.bufferListThreads(), []);
+  assert.equal(await backend.registryGetUuid("a.b"), null);
+  const stats = await backend.stats();
+  assert.equal(stats.threads + stats.slots + stats.registryEntries, 0);
+  // Storage: the sweep of the next call (at most a second later) reclaims it all.
+  await sleep(1_000);
+  await backend.stats();
+  const raw = await rawEntries(store.path, prefix);
+  assert.deepEqual(raw.map((e) => [e.key, e.value]), [
+    [[prefix, "meta", "threads"], 0],
+  ]);
+});
+
+Deno.test("KvBackend group commit, limits and retries", async (t) => {
+  await using store = await tempStore();
+  let tenant = 0;
+  const open = (config: BackendConfig = {}, options?: KvBackendOptions) =>
+    KvBackend.open(
+      { kvPath: store.path, prefix: `g${tenant++}:`, ...config },
+      options,
+    );
+  const commits = async (prefix: string) =>
+    new Set(
+      (await rawEntries(store.path, prefix)).filter((e) => e.key[1] === "slot")
+        .map((e) => e.versionstamp),
+    ).size;
+
+  await t.step(
+    "256 concurrent appends to one thread share a handful of atomic commits",
+    async () => {
+      await using backend = await open();
+      const indexes = await Promise.all(
+        Array.from(
+          { length: 256 },
+          (_, i) => backend.bufferAppend("t", new Uint8Array([i & 0xff])),
+        ),
+      );
+      assert.deepEqual(indexes, [...Array(256).keys()]);
+      assert.ok((await commits(`g${tenant - 1}:`)) <= 4);
+    },
+  );
+
+  await t.step(
+    "256 concurrent appends over 100 threads share a few commits within 100 checks each",
+    async () => {
+      await using backend = await open();
+      await Promise.all(
+        Array.from(
+          { length: 256 },
+          (_, i) =>
+            backend.bufferAppend(`t${i % 100}`, new Uint8Array([i & 0xff])),
+        ),
+      );
+      const n = await commits(`g${tenant - 1}:`);
+      assert.ok(n >= 2 && n <= 8, `${n} commits`);
+      assert.equal((await backend.stats()).slots, 256);
+    },
+  );
+
+  await t.step(
+    "with maxChecksPerAtomic 10 (KV Connect) commits hold at most 9 threads",
+    async () => {
+      await using backend = await open({}, { maxChecksPerAtomic: 10 });
+      await Promise.all(
+        Array.from(
+          { length: 100 },
+          (_, i) => backend.bufferAppend(`t${i}`, new Uint8Array([i])),
+        ),
+      );
+      assert.ok((await commits(`g${tenant - 1}:`)) >= 12);
+    },
+  );
+
+  await t.step(
+    "a SlotLimitError or ThreadLimitError in a batch fails its own callers only",
+    async () => {
+      await using backend = await open({ maxSlotsPerThread: 3, maxThreads: 2 });
+      await backend.bufferAppend("a", new Uint8Array([0]));
+      const settled = await Promise.allSettled([
+        ...Array.from(
+          { length: 5 },
+          () => backend.bufferAppend("a", new Uint8Array([1])),
+        ),
+        ...Array.from(
+          { length: 3 },
+          () => backend.bufferAppend("b", new Uint8Array([2])),
+        ),
+        ...Array.from(
+          { length: 2 },
+          () => backend.bufferAppend("c", new Uint8Array([3])),
+        ),
+      ]);
+      const outcome = settled.map((s) =>
+        s.status === "fulfilled" ? s.value : s.reason.constructor
+      );
+      assert.deepEqual(outcome, [
+        1,
+        2,
+        SlotLimitError,
+        SlotLimitError,
+        SlotLimitError,
+        0,
+        1,
+        2,
+        ThreadLimitError,
+        ThreadLimitError,
+      ]);
+      assert.deepEqual(await backend.bufferListThreads(), ["a", "b"]);
+    },
+  );
+
+  await t.step(
+    "a writer that keeps losing races rejects with BackendError after maxAttempts, losing nothing",
+    async () => {
+      const prefix = `g${tenant++}:`;
+      await using a = await KvBackend.open({ kvPath: store.path, prefix }, {
+        maxAttempts: 1,
+      });
+      await using b = await KvBackend.open({ kvPath: store.path, prefix });
+      await a.bufferAppend("t", new Uint8Array([1])); // a caches the head
+      await b.bufferAppend("t", new Uint8Array([2])); // and b moves it on
+      await assert.rejects(
+        a.bufferAppend("t", new Uint8Array([3])),
+        (error: unknown) =>
+          error instanceof BackendError && /maxAttempts/.test(error.message),
+      );
+      assert.deepEqual(await b.bufferGetThread("t"), [
+        new Uint8Array([1]),
+        new Uint8Array([2]),
+      ]);
+      assert.equal(await a.bufferAppend("t", new Uint8Array([3])), 2);
+    },
+  );
+
+  await t.step(
+    "an append to a long thread writes O(1) keys: its slot and head, never the older slots",
+    async () => {
+      await using backend = await open({ ttlMs: 60_000 });
+      const prefix = `g${tenant - 1}:`;
+      await Promise.all(
+        Array.from(
+          { length: 2000 },
+          (_, i) => backend.bufferAppend("long", new Uint8Array([i & 0xff])),
+        ),
+      );
+      await sleep(1_000); // a new expiry second: the expiry entry moves too
+      await backend.bufferAppend("long", new Uint8Array([1]));
+      const raw = await rawEntries(store.path, prefix);
+      const newest = raw.map((e) => e.versionstamp).sort().at(-1);
+      const written = raw.filter((e) => e.versionstamp === newest);
+      assert.ok(written.length <= 3, `${written.length} keys written`);
+      assert.equal(raw.length, 2001 + 3); // slots, head, counter, expiry entry
+    },
+  );
+
+  await t.step(
+    "slots up to the default 4 MiB round-trip, stored as chunks under 64 KiB",
+    async () => {
+      await using backend = await open();
+      const prefix = `g${tenant - 1}:`;
+      const big = crypto.getRandomValues(new Uint8Array(65_536));
+      const slot = new Uint8Array(4 * 1024 * 1024);
+      for (let i = 0; i < slot.length; i += big.length) slot.set(big, i);
+      slot[slot.length - 1] = 42;
+      assert.equal(await backend.bufferAppend("t", slot), 0);
+      assert.deepEqual(await backend.bufferGetSlot("t", 0), slot);
+      const chunks = (await rawEntries(store.path, prefix)).filter((e) =>
+        e.key[1] === "chunk"
+      );
+      assert.equal(chunks.length, Math.ceil(slot.length / (60 * 1024)));
+      assert.ok(
+        chunks.every((e) => (e.value as Uint8Array).byteLength <= 60 * 1024),
+      );
+      await assert.rejects(
+        backend.bufferAppend("t", new Uint8Array(4 * 1024 * 1024 + 1)),
+        RangeError,
+      );
+    },
+  );
+
+  await t.step(
+    "bufferDeleteThread() and bufferClear() reclaim the storage at once, large slots included",
+    async () => {
+      await using backend = await open({ ttlMs: 60_000 });
+      const prefix = `g${tenant - 1}:`;
+      for (const id of ["x", "y", "z"]) {
+        await backend.bufferAppend(id, new Uint8Array(100_000));
+        await backend.bufferAppend(id, new Uint8Array([1]));
+      }
+      await backend.bufferDeleteThread("x");
+      assert.equal(
+        (await rawEntries(store.path, prefix)).filter((e) => e.key[2] === "x")
+          .length,
+        0,
+      );
+      await backend.bufferClear();
+      assert.deepEqual(
+        (await rawEntries(store.path, prefix)).map((e) => [e.key, e.value]),
+        [[[prefix, "meta", "threads"], 0]],
+      );
+    },
+  );
+
+  await t.step(
+    "the tenant's prefix is one key part: a: and a:buffer: keys never share a list",
+    async () => {
+      await using a = await KvBackend.open({
+        kvPath: store.path,
+        prefix: "a:",
+      });
+      await using ab = await KvBackend.open({
+        kvPath: store.path,
+        prefix: "a:buffer:",
+      });
+      await a.bufferAppend("buffer:t", new Uint8Array([1]));
+      await ab.bufferAppend("t", new Uint8Array([2]));
+      await ab.registrySet("c", "u");
+      assert.ok(
+        (await rawEntries(store.path, "a:")).every((e) => e.key[0] === "a:"),
+      );
+      assert.deepEqual(await a.bufferListThreads(), ["buffer:t"]);
+      assert.deepEqual(await a.registryListAll(), new Map());
+    },
+  );
+});
+
+Deno.test("KvBackend.open", async (t) => {
+  await t.step(
+    "a path that cannot be opened rejects naming the path",
+    async () => {
+      await assert.rejects(
+        KvBackend.open({ kvPath: "/nonexistent-dir/sub/store.db" }),
+        (error: unknown) =>
+          error instanceof BackendError &&
+          error.message.includes("/nonexistent-dir/sub/store.db"),
+      );
+    },
+  );
+
+  await t.step(
+    "an injected Deno.Kv is used and left open by close()",
+    async () => {
+      using kv = await Deno.openKv(":memory:");
+      const backend = await KvBackend.open({ kv, prefix: "inj:" });
+      await backend.bufferAppend("t", new Uint8Array([5]));
+      await backend.close();
+      const heads = await Array.fromAsync(
+        kv.list({ prefix: ["inj:", "head"] }),
+      );
+      assert.equal(heads.length, 1);
+    },
+  );
+
+  await t.step("bad options are RangeErrors naming them", async () => {
+    await assert.rejects(
+      KvBackend.open({ kvPath: ":memory:" }, { maxAttempts: 0 }),
+      /maxAttempts/,
+    );
+    await assert.rejects(
+      KvBackend.open({ kvPath: ":memory:" }, { maxChecksPerAtomic: 1 }),
+      /maxChecksPerAtomic/,
+    );
+  });
+});
