@@ -37,8 +37,76 @@ export interface InMemoryBackendOptions extends
 }
 
 interface Thread {
-  slots: Uint8Array[];
+  /** Pages holding this thread's bytes; a slot over OWN_PAGE gets a page of its own. */
+  pages: Uint8Array[];
+  /** The page small slots are copied into (-1: none yet), and how much of it is used. */
+  current: number;
+  used: number;
+  /** Slot i is the bytes [start, start + size) of page `pages[page]`: 3 numbers a slot. */
+  layout: number[];
   expiresAt: number;
+}
+
+// Slots are copied into per-thread pages, and a slot is three numbers in a
+// flat array instead of an object: a new ArrayBuffer per slot (`slice()`)
+// costs about 0.7 µs in V8 and a view (`subarray()`) about 30 ns, while a
+// copy into a page is about 12 ns. Pages belong to one thread, so deleting or
+// expiring a thread frees them all; they double from FIRST_PAGE up to PAGE
+// bytes, so a thread wastes at most one page's unused tail.
+const FIRST_PAGE = 1024;
+const PAGE = 64 * 1024;
+const OWN_PAGE = 16 * 1024;
+/** Expired entries are hidden at once and their memory reclaimed within this. */
+const SWEEP_INTERVAL_MS = 1_000;
+
+function newThread(): Thread {
+  return { pages: [], current: -1, used: 0, layout: [], expiresAt: Infinity };
+}
+
+function slotCount(thread: Thread): number {
+  return thread.layout.length / 3;
+}
+
+function copyIn(thread: Thread, slot: Uint8Array): void {
+  const size = slot.byteLength;
+  const pages = thread.pages;
+  if (size > OWN_PAGE) {
+    pages.push(slot.slice());
+    thread.layout.push(pages.length - 1, 0, size);
+    return;
+  }
+  let page = pages[thread.current];
+  let start = thread.used;
+  if (page === undefined || start + size > page.byteLength) {
+    const grown = Math.min(
+      PAGE,
+      Math.max(FIRST_PAGE, (page?.byteLength ?? 0) * 2),
+    );
+    page = new Uint8Array(Math.max(grown, size));
+    thread.current = pages.push(page) - 1;
+    start = 0;
+  }
+  page.set(slot, start);
+  thread.used = start + size;
+  thread.layout.push(thread.current, start, size);
+}
+
+/** Copies slots [from, to) out into one new buffer, so a caller can never reach a stored slot. */
+function copyOut(thread: Thread, from: number, to: number): Uint8Array[] {
+  const { pages, layout } = thread;
+  let total = 0;
+  for (let i = from; i < to; i++) total += layout[3 * i + 2]!;
+  const buffer = new Uint8Array(total);
+  const copies = new Array<Uint8Array>(to - from);
+  let offset = 0;
+  for (let i = from; i < to; i++) {
+    const page = pages[layout[3 * i]!]!;
+    const start = layout[3 * i + 1]!;
+    const size = layout[3 * i + 2]!;
+    buffer.set(page.subarray(start, start + size), offset);
+    copies[i - from] = buffer.subarray(offset, offset += size);
+  }
+  return copies;
 }
 
 interface RegistryPair {
@@ -55,9 +123,9 @@ interface RegistryPair {
  * Slots are copied in and out: changing an array after `bufferAppend`, or one
  * that a read returned, never changes the stored slot.
  *
- * Expiry costs no timer: the maps are kept in expiry order (a refreshed entry
- * moves to the end), so every call drops the expired entries at the front,
- * and reads check the expiry of what they touch.
+ * Expiry costs no timer: reads check the expiry of what they touch, and a
+ * call made after the earliest expiry sweeps out everything expired (at most
+ * once a second), so memory is reclaimed within a second of the next use.
  *
  * The `prefix` option is accepted for symmetry but has nothing to isolate:
  * each instance has its own maps.
@@ -85,11 +153,12 @@ export class InMemoryBackend implements SharedBackend {
   readonly #maxThreads: number;
   readonly #maxSlotBytes: number;
   readonly #now: () => number;
-  // Both kept in expiry order when ttlMs > 0: see #sweep.
   #threads = new Map<string, Thread>();
   #chains = new Map<string, RegistryPair>();
   #uuids = new Map<string, RegistryPair>();
   #closed = false;
+  /** When #sweepAll next runs: see there. */
+  #nextSweep = Infinity;
 
   /**
    * Makes an empty in-memory backend.
@@ -143,18 +212,14 @@ export class InMemoryBackend implements SharedBackend {
           throw new ThreadLimitError(threadId, this.#maxThreads);
         }
       }
-      thread = { slots: [], expiresAt: Infinity };
+      thread = newThread();
       this.#threads.set(threadId, thread);
-    } else if (thread.slots.length >= this.#maxSlotsPerThread) {
+    } else if (slotCount(thread) >= this.#maxSlotsPerThread) {
       throw new SlotLimitError(threadId, this.#maxSlotsPerThread);
     }
-    const index = thread.slots.push(slot.slice()) - 1;
-    if (this.#ttlMs > 0) {
-      thread.expiresAt = now + this.#ttlMs;
-      // Move to the end: the map stays in expiry order.
-      this.#threads.delete(threadId);
-      this.#threads.set(threadId, thread);
-    }
+    const index = slotCount(thread);
+    copyIn(thread, slot);
+    if (this.#ttlMs > 0) this.#expireAt(thread, now + this.#ttlMs);
     return index;
   }
 
@@ -163,7 +228,7 @@ export class InMemoryBackend implements SharedBackend {
     const now = this.#enter("bufferGetThread");
     checkId("threadId", threadId);
     const thread = this.#liveThread(threadId, now);
-    return thread === undefined ? [] : thread.slots.map((slot) => slot.slice());
+    return thread === undefined ? [] : copyOut(thread, 0, slotCount(thread));
   }
 
   /** {@inheritDoc SharedBackend.bufferGetRange} */
@@ -177,7 +242,12 @@ export class InMemoryBackend implements SharedBackend {
     checkRange(start, end);
     const thread = this.#liveThread(threadId, now);
     if (thread === undefined) return [];
-    return thread.slots.slice(start, end).map((slot) => slot.slice());
+    const len = slotCount(thread);
+    return copyOut(
+      thread,
+      Math.min(start, len),
+      Math.max(Math.min(start, len), Math.min(end ?? len, len)),
+    );
   }
 
   /** {@inheritDoc SharedBackend.bufferGetSlot} */
@@ -189,14 +259,17 @@ export class InMemoryBackend implements SharedBackend {
     checkId("threadId", threadId);
     const thread = this.#liveThread(threadId, now);
     if (thread === undefined || !isSlotIndex(index)) return null;
-    return thread.slots[index]?.slice() ?? null;
+    return index < slotCount(thread)
+      ? copyOut(thread, index, index + 1)[0]!
+      : null;
   }
 
   /** {@inheritDoc SharedBackend.bufferThreadLen} */
   async bufferThreadLen(threadId: string): Promise<number> {
     const now = this.#enter("bufferThreadLen");
     checkId("threadId", threadId);
-    return this.#liveThread(threadId, now)?.slots.length ?? 0;
+    const thread = this.#liveThread(threadId, now);
+    return thread === undefined ? 0 : slotCount(thread);
   }
 
   /** {@inheritDoc SharedBackend.bufferThreadExists} */
@@ -298,7 +371,7 @@ export class InMemoryBackend implements SharedBackend {
     const now = this.#enter("stats");
     this.#sweepAll(now);
     let slots = 0;
-    for (const thread of this.#threads.values()) slots += thread.slots.length;
+    for (const thread of this.#threads.values()) slots += slotCount(thread);
     return {
       kind: this.kind,
       threads: this.#threads.size,
@@ -325,35 +398,35 @@ export class InMemoryBackend implements SharedBackend {
   #enter(method: string): number {
     if (this.#closed) throw new BackendClosedError(this.kind, method);
     const now = this.#now();
-    if (this.#ttlMs > 0) this.#sweep(now);
+    if (now >= this.#nextSweep) this.#sweepAll(now);
     return now;
   }
 
-  /**
-   * Drops expired entries from the front of the expiry-ordered maps: O(1)
-   * when nothing expired, O(expired) otherwise. Every entry has the same TTL
-   * and moves to the end when refreshed, so the front expires first.
-   */
-  #sweep(now: number): void {
-    for (const [id, thread] of this.#threads) {
-      if (thread.expiresAt > now) break;
-      this.#threads.delete(id);
-    }
-    for (const pair of this.#chains.values()) {
-      if (pair.expiresAt > now) break;
-      this.#unmap(pair);
-    }
+  /** Sets an entry's expiry, keeping #nextSweep no later than the earliest one. */
+  #expireAt(entry: Thread | RegistryPair, at: number): void {
+    entry.expiresAt = at;
+    if (at < this.#nextSweep) this.#nextSweep = at;
   }
 
-  /** A full pass, for a clock that went backwards: exact counts for limits, lists and stats. */
+  /**
+   * Drops every expired entry: reads hide expired data at once, this reclaims
+   * its memory. It runs when the earliest expiry has passed, at most once a
+   * second (an entry refreshed in place leaves #nextSweep early, so a sweep
+   * may find nothing), and before counting threads against maxThreads, lists
+   * and stats.
+   */
   #sweepAll(now: number): void {
     if (this.#ttlMs === 0) return;
+    let earliest = Infinity;
     for (const [id, thread] of this.#threads) {
       if (thread.expiresAt <= now) this.#threads.delete(id);
+      else if (thread.expiresAt < earliest) earliest = thread.expiresAt;
     }
     for (const pair of this.#chains.values()) {
       if (pair.expiresAt <= now) this.#unmap(pair);
+      else if (pair.expiresAt < earliest) earliest = pair.expiresAt;
     }
+    this.#nextSweep = Math.max(earliest, now + SWEEP_INTERVAL_MS);
   }
 
   #liveThread(threadId: string, now: number): Thread | undefined {
@@ -384,11 +457,8 @@ export class InMemoryBackend implements SharedBackend {
     if (byChain !== undefined) this.#unmap(byChain);
     const byUuid = this.#uuids.get(uuid);
     if (byUuid !== undefined) this.#unmap(byUuid);
-    const pair = {
-      chain,
-      uuid,
-      expiresAt: this.#ttlMs > 0 ? now + this.#ttlMs : Infinity,
-    };
+    const pair = { chain, uuid, expiresAt: Infinity };
+    if (this.#ttlMs > 0) this.#expireAt(pair, now + this.#ttlMs);
     this.#chains.set(chain, pair);
     this.#uuids.set(uuid, pair);
   }

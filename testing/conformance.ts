@@ -126,6 +126,23 @@ function patterned(size: number, seed: number): Uint8Array {
   return slot;
 }
 
+/** Asserts byte equality without assert's diff, which takes minutes on MiB-sized arrays. */
+function assertSameBytes(
+  actual: Uint8Array | null | undefined,
+  expected: Uint8Array,
+  message: string,
+): void {
+  assert.ok(actual instanceof Uint8Array, `${message}: not a Uint8Array`);
+  assert.equal(actual.byteLength, expected.byteLength, `${message}: length`);
+  for (let i = 0; i < expected.byteLength; i++) {
+    if (actual[i] !== expected[i]) {
+      assert.fail(
+        `${message}: byte ${i} is ${actual[i]}, expected ${expected[i]}`,
+      );
+    }
+  }
+}
+
 /** Asserts that `indexes[i]` are exactly 0..n-1 and slot i holds the bytes appended with index i. */
 async function assertDense(
   backend: SharedBackend,
@@ -359,17 +376,18 @@ const CHECKS: Check[] = [
           Uint8Array,
           `slot ${i} is not a plain Uint8Array`,
         );
-        assert.deepEqual(
-          stored[i],
+        assertSameBytes(stored[i], slot, `slot ${i} (${slot.length} bytes)`);
+        assertSameBytes(
+          await b.bufferGetSlot("bytes", i),
           slot,
-          `slot ${i} (${slot.length} bytes) changed`,
+          `bufferGetSlot(${i})`,
         );
-        assert.deepEqual(await b.bufferGetSlot("bytes", i), slot);
       }
-      assert.deepEqual(
-        await b.bufferGetRange("bytes", 6, 9),
-        cases.slice(6, 9),
-      );
+      const range = await b.bufferGetRange("bytes", 6, 9);
+      assert.equal(range.length, 3);
+      for (const [i, slot] of range.entries()) {
+        assertSameBytes(slot, cases[6 + i]!, `bufferGetRange(6, 9)[${i}]`);
+      }
     },
   },
   {
@@ -413,26 +431,22 @@ const CHECKS: Check[] = [
         }
       })();
       let reads = 0;
-      while (writing || reads === 0) {
-        const slots = await b.bufferGetThread("big");
-        for (const [i, slot] of slots.entries()) {
-          assert.equal(
-            slot.length,
-            size,
-            `slot ${i} read with ${slot.length} bytes`,
-          );
-          assert.deepEqual(
-            slot,
-            expected[i],
-            `slot ${i} read with wrong bytes`,
-          );
+      try {
+        while (writing || reads === 0) {
+          const slots = await b.bufferGetThread("big");
+          for (const [i, slot] of slots.entries()) {
+            assertSameBytes(slot, expected[i]!, `slot ${i} as read`);
+          }
+          const len = await b.bufferThreadLen("big");
+          const last = len > 0 ? await b.bufferGetSlot("big", len - 1) : null;
+          if (last !== null) {
+            assertSameBytes(last, expected[len - 1]!, "last slot");
+          }
+          reads++;
         }
-        const len = await b.bufferThreadLen("big");
-        const last = len > 0 ? await b.bufferGetSlot("big", len - 1) : null;
-        if (last !== null) assert.equal(last.length, size);
-        reads++;
+      } finally {
+        await writer;
       }
-      await writer;
       assert.equal(await b.bufferThreadLen("big"), 4);
     },
   },

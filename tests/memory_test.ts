@@ -79,6 +79,43 @@ Deno.test("InMemoryBackend on its own", async (t) => {
     },
   );
 
+  await t.step(
+    "small and large slots mixed in one thread keep their bytes and order",
+    async () => {
+      await using backend = new InMemoryBackend();
+      const sizes = [
+        0,
+        10,
+        20_000,
+        1,
+        70_000,
+        500,
+        16_384,
+        16_385,
+        900,
+        65_536,
+        3,
+        200_000,
+        64,
+      ];
+      const slots = sizes.map((size, n) =>
+        new Uint8Array(size).map((_, i) => (i * 7 + n) & 0xff)
+      );
+      for (let round = 0; round < 20; round++) {
+        for (const slot of slots) await backend.bufferAppend("mixed", slot);
+      }
+      const stored = await backend.bufferGetThread("mixed");
+      assert.equal(stored.length, slots.length * 20);
+      for (const [i, slot] of stored.entries()) {
+        assert.ok(sameBytes(slot, slots[i % slots.length]!), `slot ${i}`);
+      }
+      const range = await backend.bufferGetRange("mixed", 5, 30);
+      for (const [i, slot] of range.entries()) {
+        assert.ok(sameBytes(slot, slots[(5 + i) % slots.length]!));
+      }
+    },
+  );
+
   await t.step("ttlMs 0 keeps data however far the clock moves", async () => {
     let now = 0;
     await using backend = new InMemoryBackend({ ttlMs: 0, now: () => now });
@@ -108,3 +145,7 @@ Deno.test("InMemoryBackend on its own", async (t) => {
     },
   );
 });
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.byteLength === b.byteLength && a.every((byte, i) => byte === b[i]);
+}

@@ -1,0 +1,139 @@
+/**
+ * Slot-append throughput, one group per question, each with its baseline in
+ * the same group: `deno bench -A bench/append_bench.ts`.
+ *
+ * Every iteration appends BATCH 200-byte slots, either awaited one by one or
+ * all in flight at once; the per-slot rate is BATCH / (time per iteration).
+ * Threads are deleted outside the timing before they reach the slot limit.
+ *
+ * @module
+ */
+
+import { InMemoryBackend } from "../backends/memory.ts";
+
+/** Slots per bench iteration. */
+export const BATCH = 256;
+/** The slot every bench appends: 200 bytes, as a small serialized message. */
+export const SLOT: Uint8Array = new Uint8Array(200).map((_, i) => i & 0xff);
+
+type Append = (threadId: string, slot: Uint8Array) => Promise<number>;
+
+/** Appends BATCH slots to `threads`, round robin, one awaited after the other. */
+export async function oneByOne(
+  append: Append,
+  threads: string[],
+): Promise<void> {
+  for (let i = 0; i < BATCH; i++) {
+    await append(threads[i % threads.length]!, SLOT);
+  }
+}
+
+/** Appends BATCH slots to `threads`, round robin, all in flight at once. */
+export async function allInFlight(
+  append: Append,
+  threads: string[],
+): Promise<void> {
+  const pending = new Array<Promise<number>>(BATCH);
+  for (let i = 0; i < BATCH; i++) {
+    pending[i] = append(threads[i % threads.length]!, SLOT);
+  }
+  await Promise.all(pending);
+}
+
+/** Thread ids `${name}-0` .. `${name}-${n - 1}`. */
+export function threadIds(name: string, n: number): string[] {
+  return Array.from({ length: n }, (_, i) => `${name}-${i}`);
+}
+
+// The naive store a user would hand-write: an async function pushing onto a Map.
+const raw = new Map<string, Uint8Array[]>();
+// deno-lint-ignore require-await
+async function rawAppend(threadId: string, slot: Uint8Array): Promise<number> {
+  let slots = raw.get(threadId);
+  if (slots === undefined) raw.set(threadId, slots = []);
+  return slots.push(slot) - 1;
+}
+
+const memory = new InMemoryBackend({
+  maxSlotsPerThread: 1_000_000,
+  maxThreads: 1_000,
+});
+const appendToMemory: Append = (threadId, slot) =>
+  memory.bufferAppend(threadId, slot);
+// Without TTL: no clock read per append (Date.now() costs about 50 ns here).
+const memoryNoTtl = new InMemoryBackend({
+  maxSlotsPerThread: 1_000_000,
+  ttlMs: 0,
+});
+const appendToMemoryNoTtl: Append = (threadId, slot) =>
+  memoryNoTtl.bufferAppend(threadId, slot);
+
+/** Runs `work`, timing only it, and resets both stores every 64 iterations. */
+function measured(
+  work: () => Promise<void>,
+): (b: Deno.BenchContext) => Promise<void> {
+  let iterations = 0;
+  return async (b) => {
+    if (++iterations % 64 === 0) {
+      raw.clear();
+      await memory.bufferClear();
+      await memoryNoTtl.bufferClear();
+    }
+    b.start();
+    await work();
+    b.end();
+  };
+}
+
+const one = threadIds("one", 1);
+const hundred = threadIds("hundred", 100);
+const shapes = [
+  ["1 thread, awaited one by one", one, oneByOne],
+  ["1 thread, 256 in flight", one, allInFlight],
+  ["100 threads, awaited one by one", hundred, oneByOne],
+  ["100 threads, 256 in flight", hundred, allInFlight],
+] as const;
+
+for (const [shape, threads, run] of shapes) {
+  const group = `memory: append 256 slots, ${shape}`;
+  Deno.bench({
+    name: "baseline: async push onto Map<string, Uint8Array[]>",
+    group,
+    baseline: true,
+    fn: measured(() => run(rawAppend, threads as unknown as string[])),
+  });
+  Deno.bench({
+    name: "InMemoryBackend.bufferAppend (sliding TTL)",
+    group,
+    fn: measured(() => run(appendToMemory, threads as unknown as string[])),
+  });
+  Deno.bench({
+    name: "InMemoryBackend.bufferAppend (ttlMs 0)",
+    group,
+    fn: measured(() =>
+      run(appendToMemoryNoTtl, threads as unknown as string[])
+    ),
+  });
+}
+
+// Reading a 1 000-slot thread.
+const rawLong = Array.from({ length: 1_000 }, () => SLOT.slice());
+const long = new InMemoryBackend();
+for (let i = 0; i < 1_000; i++) await long.bufferAppend("long", SLOT);
+// deno-lint-ignore require-await
+const rawGet = async (threadId: string) => threadId === "long" ? rawLong : [];
+Deno.bench({
+  name: "baseline: async Map get of the array",
+  group: "memory: read a 1 000-slot thread",
+  baseline: true,
+  fn: async () => {
+    await rawGet("long");
+  },
+});
+Deno.bench({
+  name: "InMemoryBackend.bufferGetThread (copies each slot)",
+  group: "memory: read a 1 000-slot thread",
+  fn: async () => {
+    await long.bufferGetThread("long");
+  },
+});
