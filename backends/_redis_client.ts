@@ -19,7 +19,7 @@ export type CommandArg = string | number | Buffer;
 /** The ioredis `Redis` (or `Cluster`) methods and fields the backend calls. */
 export interface RedisClientLike {
   readonly status: string;
-  readonly options?: Record<string, unknown>;
+  readonly options?: object;
   connect(): Promise<void>;
   quit(): Promise<unknown>;
   disconnect(reconnect?: boolean): void;

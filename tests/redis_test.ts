@@ -1,6 +1,18 @@
+import assert from "node:assert/strict";
+import { Redis } from "ioredis";
 import { RedisBackend } from "../backends/redis.ts";
+import type { RedisClientLike } from "../backends/_redis_client.ts";
+import { redisKeys } from "../backends/_redis_keys.ts";
+import { BackendError } from "../errors.ts";
 import { runConformanceSuite } from "../testing/conformance.ts";
-import { startRedisServer } from "./_redis_server.ts";
+import { type RedisServer, startRedisServer } from "./_redis_server.ts";
+import {
+  type AppendJob,
+  type AppendOutcome,
+  taggedSlot,
+} from "./_fixtures/redis_appender.ts";
+
+const APPENDER = new URL("./_fixtures/redis_appender.ts", import.meta.url);
 
 Deno.test("RedisBackend meets the shared-backend contract", async (t) => {
   await using server = await startRedisServer();
@@ -8,4 +20,476 @@ Deno.test("RedisBackend meets the shared-backend contract", async (t) => {
     name: "redis",
     open: (config) => RedisBackend.open({ ...config, redisUrl: server.url }),
   });
+});
+
+/** A raw ioredis client for checks the backend does not offer; close with {@linkcode closeRaw}. */
+function rawClient(url: string): Redis {
+  const client = new Redis(url, { protocol: 2, lazyConnect: false });
+  // Compile-time check: a real ioredis client satisfies the interface the backend declares.
+  const _asDeclared: RedisClientLike = client;
+  return client;
+}
+
+async function closeRaw(client: Redis): Promise<void> {
+  if (client.status === "end") return;
+  const ended = new Promise((resolve) => client.once("end", resolve));
+  await client.quit().catch(() => client.disconnect());
+  await ended;
+}
+
+function runInWorker(job: AppendJob): Promise<AppendOutcome[]> {
+  const worker = new Worker(APPENDER, { type: "module" });
+  return new Promise<AppendOutcome[]>((resolve, reject) => {
+    worker.onmessage = (event) => {
+      worker.terminate();
+      if (event.data.error) reject(new Error(event.data.error));
+      else resolve(event.data.outcomes);
+    };
+    worker.onerror = (event) => {
+      worker.terminate();
+      reject(new Error(event.message));
+    };
+    worker.postMessage(job);
+  });
+}
+
+async function runInProcess(job: AppendJob): Promise<AppendOutcome[]> {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", APPENDER.href, JSON.stringify(job)],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (code !== 0) {
+    throw new Error(
+      `appender process failed (${code}): ${new TextDecoder().decode(stderr)}`,
+    );
+  }
+  return JSON.parse(new TextDecoder().decode(stdout));
+}
+
+/** Redis Cluster's key slot of a key (CRC16/XMODEM of its hash tag, mod 16384). */
+function keySlot(key: Uint8Array): number {
+  let start = 0;
+  let end = key.length;
+  const open = key.indexOf(0x7b);
+  if (open >= 0) {
+    const close = key.indexOf(0x7d, open + 1);
+    if (close > open + 1) {
+      start = open + 1;
+      end = close;
+    }
+  }
+  let crc = 0;
+  for (let i = start; i < end; i++) {
+    crc ^= key[i]! << 8;
+    for (let bit = 0; bit < 8; bit++) {
+      crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+    }
+  }
+  return crc % 16384;
+}
+
+Deno.test("RedisBackend on one server: concurrency across isolates and processes, TTL, tenants, connections", async (t) => {
+  await using server = await startRedisServer();
+
+  await t.step(
+    "4 Workers and 2 processes appending to one thread get dense, unique indexes, and each index holds its bytes",
+    async () => {
+      const prefix = `xp-test:${crypto.randomUUID()}:`;
+      const base = {
+        url: server.url,
+        prefix,
+        threadId: "shared",
+        count: 250,
+        concurrency: 16,
+        size: 48,
+      };
+      const results = await Promise.all([
+        ...[0, 1, 2, 3].map((writer) => runInWorker({ ...base, writer })),
+        ...[4, 5].map((writer) => runInProcess({ ...base, writer })),
+      ]);
+      await using backend = await RedisBackend.open({
+        redisUrl: server.url,
+        prefix,
+      });
+      const slots = await backend.bufferGetThread("shared");
+      assert.equal(slots.length, 6 * 250);
+      const seen = new Set<number>();
+      results.forEach((outcomes, writer) => {
+        assert.equal(outcomes.length, 250);
+        for (const outcome of outcomes) {
+          assert.ok(
+            "index" in outcome,
+            `writer ${writer}: ${JSON.stringify(outcome)}`,
+          );
+          assert.ok(!seen.has(outcome.index), `index ${outcome.index} twice`);
+          seen.add(outcome.index);
+          assert.deepEqual(
+            slots[outcome.index],
+            taggedSlot(writer, outcome.seq, 48),
+          );
+        }
+      });
+      assert.equal(seen.size, 1500);
+      await backend.bufferClear();
+    },
+  );
+
+  await t.step(
+    "maxSlotsPerThread and maxThreads hold when 3 processes race at the edge",
+    async () => {
+      const prefix = `xp-test:${crypto.randomUUID()}:`;
+      const slotJobs = [0, 1, 2].map((writer) =>
+        runInProcess({
+          url: server.url,
+          prefix,
+          threadId: "full",
+          writer,
+          count: 50,
+          concurrency: 10,
+          size: 8,
+          maxSlotsPerThread: 100,
+        })
+      );
+      const threadJobs = [3, 4, 5].map((writer) =>
+        runInProcess({
+          url: server.url,
+          prefix: `${prefix}threads:`,
+          threadId: "t",
+          writer,
+          count: 15,
+          concurrency: 15,
+          size: 8,
+          distinctThreads: true,
+          maxThreads: 25,
+        })
+      );
+      const slotOutcomes = (await Promise.all(slotJobs)).flat();
+      const threadOutcomes = (await Promise.all(threadJobs)).flat();
+      const count = (outcomes: AppendOutcome[], error?: string) =>
+        outcomes.filter((o) =>
+          error === undefined ? "index" in o : "error" in o && o.error === error
+        ).length;
+      assert.equal(count(slotOutcomes), 100);
+      assert.equal(count(slotOutcomes, "SlotLimitError"), 50);
+      assert.equal(count(threadOutcomes), 25);
+      assert.equal(count(threadOutcomes, "ThreadLimitError"), 20);
+      await using slotsBackend = await RedisBackend.open({
+        redisUrl: server.url,
+        prefix,
+      });
+      await using threadsBackend = await RedisBackend.open({
+        redisUrl: server.url,
+        prefix: `${prefix}threads:`,
+      });
+      assert.equal(await slotsBackend.bufferThreadLen("full"), 100);
+      assert.deepEqual(await slotsBackend.bufferListThreads(), ["full"]);
+      assert.equal((await threadsBackend.stats()).threads, 25);
+      await slotsBackend.bufferClear();
+      await threadsBackend.bufferClear();
+    },
+  );
+
+  await t.step(
+    "with a 1 s TTL a thread and a registry pair vanish whole, and Redis reclaims every key of the tenant",
+    async () => {
+      const prefix = `xp-test:${crypto.randomUUID()}:`;
+      await using backend = await RedisBackend.open({
+        redisUrl: server.url,
+        prefix,
+        ttlMs: 1_000,
+      });
+      const raw = rawClient(server.url);
+      try {
+        const keys = redisKeys(prefix);
+        await backend.bufferAppend("t", new Uint8Array([1]));
+        await backend.bufferAppend("t", new Uint8Array([2]));
+        await backend.registrySet("chain", "uuid");
+        const pttl = await raw.pttl(keys.thread("t"));
+        assert.ok(pttl > 900 && pttl <= 1_000, `PTTL ${pttl}`);
+        await new Promise((resolve) => setTimeout(resolve, 600));
+        await backend.bufferAppend("t", new Uint8Array([3])); // slides
+        await new Promise((resolve) => setTimeout(resolve, 600));
+        assert.equal(await backend.bufferThreadLen("t"), 3);
+        assert.equal(await backend.registryGetChain("uuid"), null);
+        assert.equal(await backend.registryGetUuid("chain"), null);
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        assert.equal(await backend.bufferThreadExists("t"), false);
+        assert.deepEqual(await backend.bufferListThreads(), []);
+        const left = await raw.exists(
+          keys.thread("t"),
+          keys.threads,
+          keys.registry,
+          keys.chain("chain"),
+          keys.uuid("uuid"),
+        );
+        assert.equal(left, 0, "expired keys are still stored");
+      } finally {
+        await closeRaw(raw);
+      }
+    },
+  );
+
+  await t.step(
+    "every key of a tenant carries its hash tag (one Cluster slot per tenant), for prefixes a: and a:buffer: and ids holding the other's prefix",
+    async () => {
+      const run = crypto.randomUUID();
+      const prefixes = [`${run}a:`, `${run}a:buffer:`, `${run}{x}:`];
+      const backends = await Promise.all(
+        prefixes.map((prefix) =>
+          RedisBackend.open({ redisUrl: server.url, prefix, ttlMs: 60_000 })
+        ),
+      );
+      const raw = rawClient(server.url);
+      try {
+        for (const [i, backend] of backends.entries()) {
+          for (const id of [...prefixes, "t", "}{", "a:buffer:t"]) {
+            await backend.bufferAppend(id, new Uint8Array([i]));
+            await backend.registrySet(`chain ${id}`, `uuid ${id}`);
+          }
+        }
+        for (const [i, backend] of backends.entries()) {
+          assert.equal((await backend.stats()).threads, 6);
+          assert.equal((await backend.stats()).registryEntries, 6);
+          for (const slot of await backend.bufferGetThread("t")) {
+            assert.deepEqual(slot, new Uint8Array([i]));
+          }
+        }
+        const all: Uint8Array[] = [];
+        let cursor = "0";
+        do {
+          const [next, keys] = await raw.scanBuffer(cursor, "COUNT", 1000);
+          cursor = String(next);
+          all.push(...keys);
+        } while (cursor !== "0");
+        const decoder = new TextDecoder();
+        const slotsByTenant = new Map<string, Set<number>>();
+        for (const key of all) {
+          const text = decoder.decode(key);
+          const tenant = prefixes.find((p) =>
+            text.startsWith(redisKeys(p).tag)
+          );
+          if (tenant === undefined) continue; // another step's data
+          const slots = slotsByTenant.get(tenant) ?? new Set();
+          slots.add(keySlot(key));
+          slotsByTenant.set(tenant, slots);
+        }
+        assert.equal(slotsByTenant.size, 3);
+        for (const slots of slotsByTenant.values()) assert.equal(slots.size, 1);
+        await backends[0]!.bufferClear();
+        await backends[0]!.registryClear();
+        assert.equal((await backends[1]!.stats()).threads, 6);
+        assert.equal((await backends[1]!.stats()).registryEntries, 6);
+        for (const backend of backends) {
+          await backend.bufferClear();
+          await backend.registryClear();
+        }
+      } finally {
+        await closeRaw(raw);
+        for (const backend of backends) await backend.close();
+      }
+    },
+  );
+
+  await t.step(
+    "an injected ioredis client is used, left open by close(), and refused if it would resend commands after a reconnect",
+    async () => {
+      const client = new Redis(server.url, {
+        protocol: 2,
+        autoResendUnfulfilledCommands: false,
+      });
+      const resending = new Redis(server.url, { lazyConnect: true });
+      try {
+        const prefix = `xp-test:${crypto.randomUUID()}:`;
+        const backend = await RedisBackend.open({
+          redisClient: client,
+          prefix,
+        });
+        assert.equal(await backend.bufferAppend("t", new Uint8Array([5])), 0);
+        await backend.bufferClear();
+        await backend.close();
+        assert.equal(await client.ping(), "PONG");
+        await assert.rejects(
+          RedisBackend.open({ redisClient: resending }),
+          (error: Error) =>
+            error instanceof TypeError &&
+            error.message.includes("autoResendUnfulfilledCommands: false"),
+        );
+        await assert.rejects(
+          RedisBackend.open({ redisClient: { not: "a client" } }),
+          TypeError,
+        );
+      } finally {
+        await closeRaw(client);
+        resending.disconnect();
+      }
+    },
+  );
+
+  await t.step(
+    "redisUrl rejects other schemes with a TypeError",
+    async () => {
+      await assert.rejects(
+        RedisBackend.open({ redisUrl: "http://127.0.0.1:6379" }),
+        TypeError,
+      );
+      await assert.rejects(
+        RedisBackend.open({ redisUrl: "nonsense" }),
+        TypeError,
+      );
+    },
+  );
+});
+
+Deno.test("RedisBackend uses the password and db index of redisUrl, and never shows the password", async () => {
+  await using server = await startRedisServer({
+    own: true,
+    password: "s3cr3t-pass",
+  });
+  const url = `redis://:s3cr3t-pass@127.0.0.1:${server.port}/3`;
+  await using backend = await RedisBackend.open({
+    redisUrl: url,
+    prefix: "p:",
+  });
+  await backend.bufferAppend("t", new Uint8Array([1, 2, 3]));
+  const raw = rawClient(url);
+  try {
+    assert.equal(await raw.exists(redisKeys("p:").thread("t")), 1);
+    await raw.select(0);
+    assert.equal(await raw.exists(redisKeys("p:").thread("t")), 0);
+  } finally {
+    await closeRaw(raw);
+  }
+  const error = await RedisBackend.open({
+    redisUrl: `redis://:wrong-pass@127.0.0.1:${server.port}`,
+  }).catch((e) => e);
+  assert.ok(error instanceof BackendError, String(error));
+  assert.match(error.message, new RegExp(`127\\.0\\.0\\.1:${server.port}`));
+  assert.ok(!error.message.includes("wrong-pass"), error.message);
+});
+
+Deno.test("RedisBackend: an unreachable server (refusing, or accepting but silent) rejects within 5 s naming host:port, never the password", async () => {
+  const refused = Date.now();
+  const error = await RedisBackend.open({
+    redisUrl: "redis://user:topsecret@127.0.0.1:1/0",
+  }).catch((e) => e);
+  assert.ok(Date.now() - refused < 5_000);
+  assert.ok(error instanceof BackendError);
+  assert.match(error.message, /127\.0\.0\.1:1\b/);
+  assert.ok(!error.message.includes("topsecret"));
+
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const accepted: Deno.Conn[] = [];
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) accepted.push(conn);
+    } catch {
+      // closed
+    }
+  })();
+  try {
+    const silent = Date.now();
+    const hung = await RedisBackend.open({
+      redisUrl: `redis://:topsecret@127.0.0.1:${port}`,
+    }).catch((e) => e);
+    assert.ok(Date.now() - silent < 5_000, `${Date.now() - silent} ms`);
+    assert.ok(hung instanceof BackendError, String(hung));
+    assert.match(hung.message, new RegExp(`127\\.0\\.0\\.1:${port}`));
+    assert.ok(!hung.message.includes("topsecret"));
+  } finally {
+    listener.close();
+    await accepting;
+    for (const conn of accepted) conn.close();
+  }
+});
+
+async function waitUntil(
+  condition: () => Promise<boolean>,
+  timeoutMs: number,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+Deno.test("RedisBackend across a server crash (appendonly yes, SIGKILL): every acknowledged append survives, none is applied twice, and it reconnects by itself", async () => {
+  await using server: RedisServer = await startRedisServer({
+    own: true,
+    appendonly: true,
+  });
+  await using backend = await RedisBackend.open({
+    redisUrl: server.url,
+    prefix: "crash:",
+  });
+  const acked = new Map<number, Uint8Array>();
+  const failures: { message: string; ms: number }[] = [];
+  let seq = 0;
+  let stop = false;
+  const lane = async () => {
+    while (!stop) {
+      const slot = taggedSlot(7, seq++, 32);
+      const started = Date.now();
+      try {
+        acked.set(await backend.bufferAppend("t", slot), slot);
+      } catch (error) {
+        assert.ok(error instanceof BackendError, String(error));
+        failures.push({ message: error.message, ms: Date.now() - started });
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    }
+  };
+  const lanes = Array.from({ length: 8 }, lane);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  await server.restart({ signal: "SIGKILL", downMs: 500 });
+  await waitUntil(() => backend.ping(), 5_000);
+  const ackedBefore = acked.size;
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  stop = true;
+  await Promise.all(lanes);
+  assert.ok(acked.size > ackedBefore, "no append succeeded after the restart");
+  assert.ok(failures.length > 0, "the crash went unnoticed");
+  for (const failure of failures) {
+    assert.ok(failure.ms < 5_000, `a call took ${failure.ms} ms to fail`);
+    assert.match(failure.message, new RegExp(`127\\.0\\.0\\.1:${server.port}`));
+  }
+  const slots = await backend.bufferGetThread("t");
+  for (const [index, slot] of acked) {
+    assert.deepEqual(slots[index], slot, `acknowledged slot ${index} lost`);
+  }
+  const tags = new Set(slots.map((s) => new DataView(s.buffer).getUint32(4)));
+  assert.equal(tags.size, slots.length, "a slot was applied twice");
+  assert.ok(slots.length <= seq);
+  await backend.bufferClear();
+});
+
+Deno.test("RedisBackend with a server that stops answering (SIGSTOP): calls reject within 5 s, ping() resolves false, and it recovers after SIGCONT", async () => {
+  await using server = await startRedisServer({ own: true });
+  await using backend = await RedisBackend.open({
+    redisUrl: server.url,
+    prefix: "hang:",
+  });
+  assert.equal(await backend.bufferAppend("t", new Uint8Array([1])), 0);
+  Deno.kill(server.pid!, "SIGSTOP");
+  try {
+    const started = Date.now();
+    const [append, ping] = await Promise.allSettled([
+      backend.bufferAppend("t", new Uint8Array([2])),
+      backend.ping(),
+    ]);
+    assert.ok(Date.now() - started < 5_000, `${Date.now() - started} ms`);
+    assert.equal(append.status, "rejected");
+    assert.ok(append.reason instanceof BackendError);
+    assert.match(append.reason.message, /may or may not have been applied/);
+    assert.deepEqual(ping, { status: "fulfilled", value: false });
+  } finally {
+    Deno.kill(server.pid!, "SIGCONT");
+  }
+  await waitUntil(() => backend.ping(), 5_000);
+  const index = await backend.bufferAppend("t", new Uint8Array([3]));
+  const slots = await backend.bufferGetThread("t");
+  assert.deepEqual(slots[index], new Uint8Array([3]));
+  await backend.bufferClear();
 });
