@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { type BufferSlot, ContextBuffer, payloadTypeName } from "../context.ts";
+import { InMemoryBackend } from "../backends/memory.ts";
 import { BackendError, SlotLimitError, ThreadLimitError } from "../errors.ts";
 import { serializeSlot } from "../serialize.ts";
 import {
@@ -401,3 +402,24 @@ async function contextSuite(t: Deno.TestContext, store: Store): Promise<void> {
 }
 
 testOnEveryStore("ContextBuffer", await storeVariants(), contextSuite);
+
+Deno.test("ContextBuffer on memory with an injected clock: each append keeps its thread alive for ttlMs", async () => {
+  let now = Date.UTC(2026, 0, 1);
+  const clock = () => now;
+  await using backend = new InMemoryBackend({ ttlMs: 1_000, now: clock });
+  const buffer = new ContextBuffer<number>(backend, { now: clock });
+  await buffer.append("t", 1, { fromId: "a", toId: "b" });
+  now += 900;
+  await buffer.append("t", 2, { fromId: "a", toId: "b" });
+  now += 900;
+  assert.deepEqual(
+    (await buffer.getThread("t"))?.map((s) => [s.slotIndex, s.timestamp]),
+    [[0, "2026-01-01T00:00:00.000Z"], [1, "2026-01-01T00:00:00.900Z"]],
+  );
+  now += 100;
+  assert.equal(await buffer.getThread("t"), null);
+  assert.equal(
+    (await buffer.append("t", 3, { fromId: "a", toId: "b" })).slotIndex,
+    0,
+  );
+});

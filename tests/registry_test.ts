@@ -3,6 +3,7 @@
 // on kv and redis; concurrent calls in one isolate on memory).
 
 import assert from "node:assert/strict";
+import { InMemoryBackend } from "../backends/memory.ts";
 import { ThreadRegistry } from "../registry.ts";
 import {
   freshPrefix,
@@ -225,8 +226,7 @@ async function registrySuite(t: Deno.TestContext, store: Store): Promise<void> {
         });
       }
       await assert.rejects(registry.getOrCreate(""), TypeError);
-      // deno-lint-ignore no-explicit-any
-      await assert.rejects(registry.getOrCreate(42 as any), /Invalid chain/);
+      await assert.rejects(registry.getOrCreate(42 as never), /Invalid chain/);
       await assert.rejects(registry.getOrCreate("a".repeat(1025)), RangeError);
       const uuid = await registry.getOrCreate("a");
       await assert.rejects(
@@ -256,8 +256,7 @@ async function registrySuite(t: Deno.TestContext, store: Store): Promise<void> {
       await assert.rejects(registry.lookup(""), /uuid/);
       await assert.rejects(registry.pruneForResponse(""), /uuid/);
       assert.deepEqual(await registry.dump(), new Map([[uuid, "a"]]));
-      // deno-lint-ignore no-explicit-any
-      assert.throws(() => new ThreadRegistry({} as any), /Invalid backend/);
+      assert.throws(() => new ThreadRegistry({} as never), /Invalid backend/);
     },
   );
 
@@ -321,3 +320,19 @@ async function registrySuite(t: Deno.TestContext, store: Store): Promise<void> {
 }
 
 testOnEveryStore("ThreadRegistry", await storeVariants(), registrySuite);
+
+Deno.test("ThreadRegistry on memory with an injected clock: pairs expire ttlMs after they were created", async () => {
+  let now = 0;
+  await using backend = new InMemoryBackend({ ttlMs: 1_000, now: () => now });
+  const registry = new ThreadRegistry(backend);
+  const root = await registry.initializeRoot("shop");
+  now = 999;
+  // Getting or creating it again neither changes nor refreshes it.
+  assert.equal(await registry.initializeRoot("shop"), root);
+  now = 1_000;
+  assert.equal(await registry.lookup(root), null);
+  assert.equal(await registry.pruneForResponse(root), null);
+  const renewed = await registry.initializeRoot("shop");
+  assert.notEqual(renewed, root);
+  assert.equal(registry.rootUuid, renewed);
+});
