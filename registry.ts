@@ -61,9 +61,11 @@ const ROOT_HOP = "system";
  * `registrySetIfAbsent` with a fresh `crypto.randomUUID()`, so processes
  * racing to create the same chain all get the one uuid that won (the Python
  * original checked, then set, so two processes could give one chain two
- * uuids). No method reads a value and then writes based on it, except that
- * {@linkcode ThreadRegistry.pruneForResponse} deletes an exhausted uuid it
- * has just read.
+ * uuids). `extendChain` and `pruneForResponse` read the chain of a uuid
+ * and then get or create the longer or shorter chain that way; the read
+ * cannot be stale, because a uuid from `getOrCreate` stands for one chain
+ * for as long as it is registered. An exhausted uuid that `pruneForResponse`
+ * removes is removed by uuid, so a racing prune removes nothing else.
  *
  * **Chains.** A chain is one or more hops joined by `.`; a hop is a non-empty
  * string without `.` (any other characters are fine). Chains are validated:
