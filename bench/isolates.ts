@@ -1,0 +1,171 @@
+/**
+ * Multi-isolate append throughput: total appends/s with 1, 2 and 4 Workers
+ * appending to one store at once, the package's backend beside the naive
+ * approach a user would hand-write for that store, with ratios.
+ *
+ * ```sh
+ * deno run -A bench/isolates.ts                      # kv: a fresh temp KV file
+ * deno run -A bench/isolates.ts --backend kv --seconds 3 --inflight 32 --threads 1
+ * ```
+ *
+ * Options: `--backend kv|redis` (redis: `--redis-url`, once a naive redis
+ * appender exists in `_isolates_worker.ts`), `--seconds` per run (default 2),
+ * `--inflight` appends in flight per worker (default 16), `--threads` shared
+ * by all workers (default 1: every worker appends to the same thread, the
+ * hardest case), `--workers` (default 1,2,4), `--kv-path` (default: a fresh
+ * temp file, removed at the end).
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import type { BackendConfig } from "../mod.ts";
+import type { IsolateJob, IsolateReport } from "./_isolates_worker.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    backend: { type: "string", default: "kv" },
+    seconds: { type: "string", default: "2" },
+    inflight: { type: "string", default: "16" },
+    threads: { type: "string", default: "1" },
+    workers: { type: "string", default: "1,2,4" },
+    "kv-path": { type: "string" },
+    "redis-url": { type: "string", default: "redis://localhost:6379" },
+  },
+});
+const backend = values.backend as IsolateJob["backend"];
+if (backend !== "kv" && backend !== "redis") {
+  throw new TypeError(
+    `Invalid --backend: expected kv or redis, got ${backend}`,
+  );
+}
+const durationMs = Number(values.seconds) * 1000;
+const inflight = Number(values.inflight);
+const threads = Array.from(
+  { length: Number(values.threads) },
+  (_, i) => `thread-${i}`,
+);
+const workerCounts = values.workers.split(",").map(Number);
+
+/** Per backend: the store config shared by all workers, and its cleanup. */
+async function storeFor(
+  name: IsolateJob["backend"],
+): Promise<{ config: BackendConfig; cleanUp: () => Promise<void> }> {
+  if (name === "redis") {
+    return {
+      config: { backendType: "redis", redisUrl: values["redis-url"] },
+      cleanUp: () => Promise.resolve(),
+    };
+  }
+  if (values["kv-path"] !== undefined) {
+    return {
+      config: { backendType: "kv", kvPath: values["kv-path"] },
+      cleanUp: () => Promise.resolve(),
+    };
+  }
+  const dir = await Deno.makeTempDir({ prefix: "bench_isolates_" });
+  return {
+    config: { backendType: "kv", kvPath: `${dir}/bench.db` },
+    cleanUp: () => Deno.remove(dir, { recursive: true }),
+  };
+}
+
+/** Runs `count` workers at once; returns total appends/s and errors. */
+async function measure(
+  count: number,
+  job: IsolateJob,
+): Promise<{ rate: number; errors: number; firstError?: string }> {
+  const url = new URL("./_isolates_worker.ts", import.meta.url);
+  const workers = Array.from(
+    { length: count },
+    () => new Worker(url, { type: "module" }),
+  );
+  const next = (worker: Worker) =>
+    new Promise<unknown>((resolve, reject) => {
+      worker.onmessage = (event) => resolve(event.data);
+      worker.onerror = (event) => {
+        event.preventDefault();
+        reject(new Error(event.message));
+      };
+    });
+  try {
+    const ready = workers.map(next);
+    for (const worker of workers) worker.postMessage(job);
+    await Promise.all(ready);
+    const done = workers.map(next);
+    for (const worker of workers) worker.postMessage("go");
+    const reports = (await Promise.all(done)) as IsolateReport[];
+    const appends = reports.reduce((sum, r) => sum + r.appends, 0);
+    const elapsed = Math.max(...reports.map((r) => r.elapsedMs));
+    const firstError = reports.find((r) => r.firstError)?.firstError;
+    return {
+      rate: appends / (elapsed / 1000),
+      errors: reports.reduce((sum, r) => sum + r.errors, 0),
+      ...(firstError === undefined ? {} : { firstError }),
+    };
+  } finally {
+    for (const worker of workers) worker.terminate();
+  }
+}
+
+const store = await storeFor(backend);
+const rows: string[][] = [];
+let run = 0;
+const base: Record<string, number> = {};
+try {
+  for (const count of workerCounts) {
+    const results: Record<string, Awaited<ReturnType<typeof measure>>> = {};
+    for (const mode of ["backend", "naive"] as const) {
+      const config: BackendConfig = {
+        ...store.config,
+        prefix: `bench-isolates-${run++}:`,
+        ttlMs: 0,
+        maxSlotsPerThread: Number.MAX_SAFE_INTEGER,
+      };
+      results[mode] = await measure(count, {
+        backend,
+        mode,
+        config,
+        threads,
+        durationMs,
+        inflight,
+        slotBytes: 200,
+      });
+      base[mode] ??= results[mode].rate;
+    }
+    const b = results.backend!;
+    const n = results.naive!;
+    rows.push([
+      String(count),
+      Math.round(b.rate).toLocaleString("en-US"),
+      `${(b.rate / base.backend!).toFixed(2)}x`,
+      Math.round(n.rate).toLocaleString("en-US"),
+      `${(n.rate / base.naive!).toFixed(2)}x`,
+      `${(b.rate / n.rate).toFixed(1)}x`,
+      b.errors + n.errors === 0
+        ? ""
+        : `${b.errors}/${n.errors} (${b.firstError ?? n.firstError})`,
+    ]);
+  }
+} finally {
+  await store.cleanUp();
+}
+
+console.log(
+  `${backend}: total appends/s of 200-byte slots, ${inflight} in flight per worker, ${threads.length} thread(s) shared by all workers, ${
+    durationMs / 1000
+  } s per run`,
+);
+const header = [
+  "workers",
+  "backend appends/s",
+  "vs 1 worker",
+  "naive appends/s",
+  "vs 1 worker",
+  "backend / naive",
+  "errors (backend/naive)",
+];
+console.log(`| ${header.join(" | ")} |`);
+console.log(`| ${header.map(() => "---").join(" | ")} |`);
+for (const row of rows) console.log(`| ${row.join(" | ")} |`);
