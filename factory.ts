@@ -73,7 +73,7 @@ let shared:
  *
  * const [a, b] = await Promise.all([getSharedBackend(), getSharedBackend()]);
  * assert.equal(a, b);
- * await assert.rejects(getSharedBackend({ ttlMs: 5 }), /different config/);
+ * await assert.rejects(getSharedBackend({ ttlMs: 5 }), /differs in ttlMs/);
  * await resetSharedBackend();
  * ```
  */

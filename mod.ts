@@ -12,6 +12,10 @@
  * Every backend shows the same behaviour: dense indexes under any
  * concurrency, byte-exact slots, atomic limits, the same TTL.
  *
+ * On top of the protocol, {@linkcode ContextBuffer} keeps typed messages per
+ * thread and {@linkcode ThreadRegistry} routes call chains, race-free on every
+ * backend.
+ *
  * @example Quick start
  * ```ts
  * import { createSharedBackend, deserializeSlot, serializeSlot } from "@xml-pipeline/shared-backend";
