@@ -43,6 +43,10 @@ import {
   newId,
 } from "./_kv_util.ts";
 
+// The types of this module's API, so that the `./kv` entry point stands alone.
+export type { BackendConfig } from "../config.ts";
+export type { BackendKind, BackendStats, SharedBackend } from "../protocol.ts";
+
 /**
  * Options of {@linkcode KvBackend.open} beyond the shared config: tuning that
  * tests and unusual deployments may need.
