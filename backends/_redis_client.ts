@@ -45,7 +45,6 @@ export interface RedisClientOptions {
   autoResendUnfulfilledCommands: boolean;
   maxRetriesPerRequest: number;
   connectTimeout: number;
-  socketTimeout: number;
   retryStrategy: (times: number) => number;
 }
 

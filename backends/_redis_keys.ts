@@ -15,14 +15,20 @@
 // recoverable from any key as the text up to the first "}"), whatever the ids.
 //
 //   T + ":t:" + threadId   list    the thread's slots, in index order;
-//                                  PEXPIREAT = last append + ttlMs
-//   T + ":threads"         zset    thread index: member threadId, score its
-//                                  expiry in server ms ("+inf" when ttlMs = 0);
-//                                  PEXPIREAT = the latest thread's expiry
+//                                  PEXPIRE ttlMs at every append (sliding)
+//   T + ":threads"         zset    thread index: member threadId, score a
+//                                  lower bound of its expiry in server ms
+//                                  ("+inf" when ttlMs = 0), set when the
+//                                  thread is created and corrected from the
+//                                  list's PTTL when it comes due; no TTL of
+//                                  its own: due entries of expired threads
+//                                  are removed by the next list, stats or
+//                                  thread creation (an empty zset is deleted)
 //   T + ":c:" + chain      string  the chain's uuid  } both PEXPIREAT =
 //   T + ":u:" + uuid       string  the uuid's chain  } last write + ttlMs
 //   T + ":reg"             zset    registry index: member uuid, score its
-//                                  pair's expiry; PEXPIREAT like ":threads"
+//                                  pair's expiry; PEXPIREAT = the latest
+//                                  pair's expiry
 //
 // The suffixes ":t:", ":threads", ":c:", ":u:", ":reg" are prefix-free
 // among themselves (":t:" vs ":threads" differ at the third character), so

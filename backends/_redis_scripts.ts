@@ -7,10 +7,11 @@
 // prefix in ARGV (a thread's list from the index, a registry partner) stay in
 // the tenant's hash slot: every key of a tenant carries its hash tag.
 //
-// Time is the server's (`TIME`), so that every client agrees on expiry: a
-// thread's list and its index entry get the same absolute expiry
-// (PEXPIREAT / score), and registry pairs likewise (SET ... PXAT). Needs
-// Redis >= 6.2 (PXAT).
+// Time is the server's (`TIME`), so that every client agrees on expiry.
+// Threads expire by Redis' own expiry of their list (sliding PEXPIRE); the
+// thread index only needs a lower bound of each expiry (see PRUNE). Registry
+// pairs get one absolute expiry for both keys and the index entry
+// (SET ... PXAT, PEXPIREAT). Needs Redis >= 6.2 (PXAT).
 //
 // Replies are integers, bulk strings and flat arrays only: the same under
 // RESP2 and RESP3.
@@ -26,70 +27,93 @@ end
 `;
 
 /**
+ * Prunes the thread index: entries whose score (a lower bound of the thread's
+ * expiry) has passed are checked against their list's real TTL: re-scored if
+ * the list lives on (it was appended to since), removed if it expired. O(1)
+ * when nothing is due. `prefix` is the thread key prefix.
+ */
+const PRUNE = `
+local function prune(index, prefix, now)
+  local due = redis.call('ZRANGEBYSCORE', index, '-inf', now)
+  for i = 1, #due do
+    local pttl = redis.call('PTTL', prefix .. due[i])
+    if pttl == -2 then
+      redis.call('ZREM', index, due[i])
+    elseif pttl == -1 then
+      redis.call('ZADD', index, '+inf', due[i])
+    else
+      redis.call('ZADD', index, now + pttl, due[i])
+    end
+  end
+end
+`;
+
+/**
  * Appends slots to one or more threads of a tenant, checking the limits.
  *
  * KEYS[1] the thread index; KEYS[2..n+1] the threads' lists (distinct).
  * ARGV[1] ttlMs, ARGV[2] maxSlotsPerThread, ARGV[3] maxThreads,
- * ARGV[4] the length of the thread key prefix (the index member is the key
- * without it), ARGV[5..n+4] the number of slots for each thread, then every
- * slot, thread after thread.
+ * ARGV[4] the thread key prefix (the index member is the key without it),
+ * ARGV[5..n+4] the number of slots for each thread, then every slot, thread
+ * after thread.
  *
- * Returns two integers per thread: the index of its first new slot and how
- * many were appended (the rest hit maxSlotsPerThread), or -1 and 0 when the
- * thread is new and maxThreads live threads exist. Nothing is written for
- * what was refused. Each thread that got slots is refreshed whole (list and
- * index entry) to now + ttl.
+ * Returns one integer per thread (a bare integer when n = 1, else an array):
+ * r >= 0: all its slots were appended, the first at index r; r = -1: the
+ * thread is new and maxThreads live threads exist, nothing appended;
+ * r <= -2: maxSlotsPerThread was reached after -r - 2 slots were appended
+ * (the first at maxSlotsPerThread - (-r - 2)). Nothing is written for what
+ * was refused. A thread that got slots has its list's TTL reset to
+ * ttlMs (sliding).
+ *
+ * The hot path, an append to an existing thread, is LLEN, RPUSH, PEXPIRE:
+ * the index is written only when a thread is created (score: its first
+ * expiry, a lower bound that PRUNE corrects), and server time is read only
+ * then.
  */
-const APPEND = `${NOW}
+const APPEND = `${NOW}${PRUNE}
 local index = KEYS[1]
 local ttl = tonumber(ARGV[1])
 local max_slots = tonumber(ARGV[2])
 local max_threads = tonumber(ARGV[3])
-local plen = tonumber(ARGV[4])
+local prefix = ARGV[4]
 local n = #KEYS - 1
-local expiry = '+inf'
-local now
-if ttl > 0 then
-  now = now_ms()
-  expiry = now + ttl
-end
-local pruned = false
+local now = nil
 local out = {}
 local pos = 5 + n
 for i = 1, n do
   local key = KEYS[i + 1]
   local count = tonumber(ARGV[4 + i])
   local len = redis.call('LLEN', key)
-  local member = string.sub(key, plen + 1)
-  local allowed = true
-  if len == 0 then
-    if ttl > 0 and not pruned then
-      redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
-      pruned = true
+  local take = math.min(count, max_slots - len)
+  if take > 0 and len == 0 then
+    if not now then
+      now = now_ms()
+      prune(index, prefix, now)
     end
-    if not redis.call('ZSCORE', index, member)
-      and redis.call('ZCARD', index) >= max_threads then
-      allowed = false
+    local member = string.sub(key, #prefix + 1)
+    if redis.call('ZCARD', index) >= max_threads
+      and not redis.call('ZSCORE', index, member) then
+      take = -1
+    elseif ttl > 0 then
+      redis.call('ZADD', index, now + ttl, member)
+    else
+      redis.call('ZADD', index, '+inf', member)
     end
   end
-  if allowed then
-    local take = math.min(count, max_slots - len)
-    if take > 0 then
-      redis.call('RPUSH', key, unpack(ARGV, pos, pos + take - 1))
-      redis.call('ZADD', index, expiry, member)
-      if ttl > 0 then redis.call('PEXPIREAT', key, expiry) end
-    else
-      take = 0
-    end
-    out[#out + 1] = len
-    out[#out + 1] = take
+  if take > 0 then
+    redis.call('RPUSH', key, unpack(ARGV, pos, pos + take - 1))
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  end
+  if take == count then
+    out[i] = len
+  elseif take < 0 then
+    out[i] = -1
   else
-    out[#out + 1] = -1
-    out[#out + 1] = 0
+    out[i] = -2 - math.max(take, 0)
   end
   pos = pos + count
 end
-if ttl > 0 then redis.call('PEXPIREAT', index, expiry) end
+if n == 1 then return out[1] end
 return out
 `;
 
@@ -104,11 +128,12 @@ return existed
 `;
 
 /**
- * Lists the live threads. KEYS[1] the thread index. Drops expired entries
- * first (their lists expired by themselves). Returns the ids.
+ * Lists the live threads. KEYS[1] the thread index; ARGV[1] the thread key
+ * prefix. Prunes first (expired lists are gone by Redis' own expiry; their
+ * index entries go here). Returns the ids.
  */
-const LIST_THREADS = `${NOW}
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
+const LIST_THREADS = `${NOW}${PRUNE}
+prune(KEYS[1], ARGV[1], now_ms())
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 `;
 
@@ -136,9 +161,9 @@ return #ids
  * registry index; ARGV[1] the thread key prefix. Returns
  * [threads, slots, registry pairs].
  */
-const STATS = `${NOW}
+const STATS = `${NOW}${PRUNE}
 local now = now_ms()
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+prune(KEYS[1], ARGV[1], now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
 local slots = 0
@@ -248,7 +273,7 @@ export type ScriptArg = string | number | Uint8Array;
 
 /** The commands {@linkcode defineScripts} adds to a client. */
 export interface ScriptCommands {
-  xpSbAppend(numKeys: number, ...args: ScriptArg[]): Promise<number[]>;
+  xpSbAppend(...args: ScriptArg[]): Promise<number | number[]>;
   xpSbDeleteThread(...args: ScriptArg[]): Promise<number>;
   xpSbListThreads(...args: ScriptArg[]): Promise<string[]>;
   xpSbClearThreads(...args: ScriptArg[]): Promise<number>;

@@ -86,6 +86,8 @@ const MAX_BATCH_BYTES = 8 * 1024 * 1024;
  * flight when the connection drops, no retry per request.
  */
 const CLIENT_OPTIONS: RedisClientOptions = {
+  // No `socketTimeout`: the backend's own watchdog (see #watch) does that job
+  // with one timer per backend instead of one per round trip.
   // RESP2: our scripts reply with integers, strings and flat arrays, the same
   // in RESP2 and RESP3; RESP2 saves the HELLO handshake and works through
   // proxies that refuse HELLO. Pinned so that an ioredis upgrade cannot
@@ -96,7 +98,6 @@ const CLIENT_OPTIONS: RedisClientOptions = {
   autoResendUnfulfilledCommands: false,
   maxRetriesPerRequest: 0,
   connectTimeout: CONNECT_TIMEOUT_MS,
-  socketTimeout: SOCKET_TIMEOUT_MS,
   retryStrategy: (times: number) => Math.min(100 * times, 1_000),
 };
 
@@ -162,7 +163,15 @@ export class RedisBackend implements SharedBackend {
   /** Appends not sent yet, by thread, in call order. */
   #queue = new Map<string, PendingAppend[]>();
   #flushScheduled = false;
-  #inFlight = new Set<Promise<void>>();
+  /** Append script calls on the wire. */
+  #appendsInFlight = 0;
+  /** Called when no append is on the wire any more (close() waits with it). */
+  #onDrained: (() => void) | undefined;
+  /** Commands of this backend awaiting a reply (for the watchdog). */
+  #awaiting = 0;
+  /** When the last reply arrived, or the first awaited command was sent (`performance.now()`). */
+  #lastProgress = 0;
+  #watchdog: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -184,7 +193,7 @@ export class RedisBackend implements SharedBackend {
       String(config.ttlMs),
       String(config.maxSlotsPerThread),
       String(config.maxThreads),
-      String(new TextEncoder().encode(this.#keys.threadPrefix).length),
+      this.#keys.threadPrefix,
     ];
   }
 
@@ -275,13 +284,21 @@ export class RedisBackend implements SharedBackend {
       return Promise.reject(error);
     }
     return new Promise<number>((resolve, reject) => {
-      // A copy: the caller may change its array before the batch is sent.
+      // A copy: the caller may change its array before the call is sent.
       const pending = { slot: toBuffer(slot), resolve, reject };
+      if (
+        this.#queue.size === 0 && this.#appendsInFlight < MAX_APPENDS_IN_FLIGHT
+      ) {
+        // Nothing is waiting: send it now, alone (no latency added).
+        this.#sendAppends([[threadId, [pending]]]);
+        return;
+      }
+      // Calls are on the wire: wait for one of them, then go in the next batch.
       const queued = this.#queue.get(threadId);
       if (queued === undefined) this.#queue.set(threadId, [pending]);
       else queued.push(pending);
       if (
-        !this.#flushScheduled && this.#inFlight.size < MAX_APPENDS_IN_FLIGHT
+        !this.#flushScheduled && this.#appendsInFlight < MAX_APPENDS_IN_FLIGHT
       ) {
         this.#flushScheduled = true;
         queueMicrotask(() => {
@@ -382,7 +399,11 @@ export class RedisBackend implements SharedBackend {
     this.#enter("bufferListThreads");
     return await this.#call(
       "list threads",
-      () => this.#client.xpSbListThreads(this.#keys.threads),
+      () =>
+        this.#client.xpSbListThreads(
+          this.#keys.threads,
+          this.#keys.threadPrefix,
+        ),
     );
   }
 
@@ -550,7 +571,11 @@ export class RedisBackend implements SharedBackend {
     this.#closed = true;
     this.#closing = (async () => {
       this.#flush(Infinity);
-      await Promise.allSettled([...this.#inFlight]);
+      if (this.#appendsInFlight > 0) {
+        await new Promise<void>((resolve) => this.#onDrained = resolve);
+      }
+      clearTimeout(this.#watchdog);
+      this.#watchdog = undefined;
       if (this.#owned) await endConnection(this.#client, true);
     })();
     return this.#closing;
@@ -580,12 +605,57 @@ export class RedisBackend implements SharedBackend {
 
   /** Runs one command, turning a store failure into a {@linkcode BackendError}. */
   async #call<T>(what: string, run: () => Promise<T>): Promise<T> {
+    this.#sent();
     try {
       return await run();
     } catch (error) {
       throw this.#failure(`Cannot ${what}`, error, false);
+    } finally {
+      this.#replied();
     }
   }
+
+  /** Bookkeeping of the watchdog: a command was sent. */
+  #sent(): void {
+    if (this.#awaiting++ === 0) this.#lastProgress = performance.now();
+    if (this.#watchdog === undefined && this.#owned) {
+      this.#watchdog = setTimeout(this.#watch, SOCKET_TIMEOUT_MS);
+      Deno.unrefTimer(this.#watchdog as unknown as number);
+    }
+  }
+
+  /** Bookkeeping of the watchdog: a reply (or a failure) arrived. */
+  #replied(): void {
+    this.#awaiting--;
+    this.#lastProgress = performance.now();
+  }
+
+  /**
+   * The watchdog of a connection this backend opened: when commands have
+   * waited {@linkcode SOCKET_TIMEOUT_MS} without any reply, the server is
+   * taken for hung and the socket is destroyed: the waiting calls reject and
+   * ioredis reconnects. One timer per backend, re-armed only while commands
+   * wait (cheaper than ioredis' `socketTimeout`, which arms a timer per
+   * round trip).
+   */
+  #watch = (): void => {
+    this.#watchdog = undefined;
+    if (this.#awaiting === 0) return;
+    const silent = performance.now() - this.#lastProgress;
+    if (silent >= SOCKET_TIMEOUT_MS) {
+      const stream = (this.#client as { stream?: { destroy(e: Error): void } })
+        .stream;
+      stream?.destroy(
+        new Error(`no reply within ${SOCKET_TIMEOUT_MS} ms`),
+      );
+      this.#lastProgress = performance.now();
+    }
+    this.#watchdog = setTimeout(
+      this.#watch,
+      Math.max(1, SOCKET_TIMEOUT_MS - (performance.now() - this.#lastProgress)),
+    );
+    Deno.unrefTimer(this.#watchdog as unknown as number);
+  };
 
   #failure(action: string, error: unknown, mutation: boolean): BackendError {
     const message = messageOf(error);
@@ -617,7 +687,7 @@ export class RedisBackend implements SharedBackend {
    * {@linkcode MAX_BATCH_SLOTS} slots and {@linkcode MAX_BATCH_BYTES} bytes.
    */
   #flush(limit: number): void {
-    while (this.#queue.size > 0 && this.#inFlight.size < limit) {
+    while (this.#queue.size > 0 && this.#appendsInFlight < limit) {
       const batch: [string, PendingAppend[]][] = [];
       let slots = 0;
       let bytes = 0;
@@ -641,64 +711,78 @@ export class RedisBackend implements SharedBackend {
           break;
         }
       }
-      const sent = this.#sendAppends(batch);
-      this.#inFlight.add(sent);
-      sent.finally(() => {
-        this.#inFlight.delete(sent);
-        if (this.#queue.size > 0) {
-          this.#flush(this.#closed ? Infinity : MAX_APPENDS_IN_FLIGHT);
-        }
-      });
+      this.#sendAppends(batch);
     }
   }
 
-  /** One append script call for a batch; settles every append in it, never rejects. */
-  async #sendAppends(batch: [string, PendingAppend[]][]): Promise<void> {
-    const keys: string[] = [this.#keys.threads];
-    const counts: string[] = [];
-    const slots: Buffer[] = [];
-    for (const [threadId, queued] of batch) {
-      keys.push(this.#keys.thread(threadId));
-      counts.push(String(queued.length));
-      for (const pending of queued) slots.push(pending.slot);
+  /** Sends one append script call for a batch; settles every append in it. */
+  #sendAppends(batch: [string, PendingAppend[]][]): void {
+    const args: (string | number | Buffer)[] = [batch.length + 1];
+    args.push(this.#keys.threads);
+    for (const [threadId] of batch) args.push(this.#keys.thread(threadId));
+    for (const arg of this.#appendArgs) args.push(arg);
+    for (const [, queued] of batch) args.push(String(queued.length));
+    for (const [, queued] of batch) {
+      for (const pending of queued) args.push(pending.slot);
     }
-    let reply: number[];
-    try {
-      reply = await this.#client.xpSbAppend(
-        keys.length,
-        ...keys,
-        ...this.#appendArgs,
-        ...counts,
-        ...slots,
-      );
-    } catch (error) {
-      for (const [threadId, queued] of batch) {
-        const failure = this.#failure(
-          `Cannot append to thread ${JSON.stringify(threadId)}`,
-          error,
-          true,
-        );
-        for (const pending of queued) pending.reject(failure);
-      }
-      return;
-    }
-    batch.forEach(([threadId, queued], i) => {
-      const start = reply[2 * i]!;
-      const taken = reply[2 * i + 1]!;
-      if (start < 0) {
+    this.#appendsInFlight++;
+    this.#sent();
+    this.#client.xpSbAppend(...args).then(
+      (reply) => {
+        this.#replied();
+        this.#settleAppends(batch, reply);
+        this.#appendDone();
+      },
+      (error) => {
+        this.#replied();
+        for (const [threadId, queued] of batch) {
+          const failure = this.#failure(
+            `Cannot append to thread ${JSON.stringify(threadId)}`,
+            error,
+            true,
+          );
+          for (const pending of queued) pending.reject(failure);
+        }
+        this.#appendDone();
+      },
+    );
+  }
+
+  #settleAppends(
+    batch: [string, PendingAppend[]][],
+    reply: number | number[],
+  ): void {
+    for (let i = 0; i < batch.length; i++) {
+      const [threadId, queued] = batch[i]!;
+      const result = typeof reply === "number" ? reply : reply[i]!;
+      if (result === -1) {
         const error = new ThreadLimitError(threadId, this.#maxThreads);
         for (const pending of queued) pending.reject(error);
-        return;
+        continue;
       }
-      queued.forEach((pending, k) => {
-        if (k < taken) pending.resolve(start + k);
+      // See the append script: r >= 0 all appended from r; r <= -2 only -r - 2.
+      const taken = result >= 0 ? queued.length : -result - 2;
+      const start = result >= 0 ? result : this.#maxSlotsPerThread - taken;
+      for (let k = 0; k < queued.length; k++) {
+        if (k < taken) queued[k]!.resolve(start + k);
         else {
-          pending.reject(
+          queued[k]!.reject(
             new SlotLimitError(threadId, this.#maxSlotsPerThread),
           );
         }
-      });
-    });
+      }
+    }
+  }
+
+  #appendDone(): void {
+    this.#appendsInFlight--;
+    if (this.#queue.size > 0) {
+      this.#flush(this.#closed ? Infinity : MAX_APPENDS_IN_FLIGHT);
+    }
+    if (this.#appendsInFlight === 0 && this.#onDrained !== undefined) {
+      this.#onDrained();
+      this.#onDrained = undefined;
+    }
   }
 }
 
@@ -707,7 +791,7 @@ async function endConnection(
   client: RedisClientLike,
   graceful: boolean,
 ): Promise<void> {
-  const status = client.status as string;
+  const status = client.status;
   if (status === "end") return;
   if (status === "reconnecting" || status === "close") {
     // No socket is open: disconnect() only cancels the reconnect timer (and emits nothing).
@@ -718,17 +802,22 @@ async function endConnection(
   const ended = new Promise<void>((resolve) => {
     client.once("end", () => resolve());
   });
+  const cut = () => {
+    client.disconnect();
+    // disconnect() only half-closes: a server that never answers keeps the socket open.
+    (client as { stream?: { destroy(): void } }).stream?.destroy();
+  };
   if (graceful && status === "ready") {
     // quit() resolves on the server's OK, before the socket closes: wait for "end" too.
-    client.quit().catch(() => client.disconnect());
+    client.quit().catch(cut);
   } else {
-    client.disconnect();
+    cut();
   }
   await Promise.race([
     ended,
     new Promise<void>((resolve) => {
       timer = setTimeout(() => {
-        client.disconnect();
+        cut();
         resolve();
       }, CLOSE_TIMEOUT_MS);
     }),
