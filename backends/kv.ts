@@ -108,6 +108,12 @@ interface CachedHead {
   head: ThreadHead | null;
 }
 
+/** What a group commit is planned from. */
+interface Snapshot {
+  heads: Map<string, CachedHead>;
+  count: { versionstamp: string | null; value: number };
+}
+
 /** Sweep at most this often per backend: reclamation within a few seconds of expiry. */
 const SWEEP_INTERVAL_MS = 1_000;
 /** Expiry-index entries one routine sweep handles; the rest waits for the next. */
@@ -283,7 +289,16 @@ export class KvBackend implements SharedBackend {
     }
     let kv: Deno.Kv;
     try {
-      kv = await Deno.openKv(path);
+      // Opening a file other processes are writing may meet a locked database.
+      for (let attempt = 0;; attempt++) {
+        try {
+          kv = await Deno.openKv(path);
+          break;
+        } catch (error) {
+          if (!isContention(error) || attempt >= 20) throw error;
+          await jitteredDelay(attempt);
+        }
+      }
     } catch (error) {
       const where = path === undefined
         ? "the default Deno KV"
@@ -1262,7 +1277,13 @@ export class KvBackend implements SharedBackend {
     // Let the callers of this same tick queue up first.
     await Promise.resolve();
     while (this.#queue.length > 0) {
-      await this.#commitBatch(this.#takeBatch());
+      const batch = this.#takeBatch();
+      try {
+        await this.#commitBatch(batch);
+      } catch (error) {
+        // Not expected (#commitBatch settles every item); never strand a caller.
+        for (const item of batch) item.reject(error);
+      }
     }
   }
 
@@ -1307,9 +1328,8 @@ export class KvBackend implements SharedBackend {
     for (let attempt = 0; attempt < this.#maxAttempts; attempt++) {
       if (attempt > 0) await jitteredDelay(attempt);
       try {
-        await this.#loadHeads([...pending.keys()]);
-        const now = Date.now();
-        const plan = this.#plan(pending, now);
+        const snapshot = await this.#loadHeads([...pending.keys()]);
+        const plan = this.#plan(pending, snapshot, Date.now());
         if (plan.overflow > 0 && !sweptForLimit) {
           // At maxThreads: retire expired heads so that only live ones count.
           sweptForLimit = true;
@@ -1377,35 +1397,49 @@ export class KvBackend implements SharedBackend {
     this.#threadCount = undefined;
   }
 
-  /** Reads the heads (and the thread counter) this isolate does not know. */
-  async #loadHeads(threadIds: string[]): Promise<void> {
-    const missing = threadIds.filter((id) => !this.#heads.has(id));
-    const keys: Deno.KvKey[] = missing.map((id) => this.#keys.head(id));
-    const needCount = this.#threadCount === undefined;
-    if (needCount) keys.push(this.#keys.threadCount());
-    if (keys.length === 0) return;
-    if (this.#heads.size + missing.length > HEAD_CACHE_SIZE) {
-      this.#heads.clear();
+  /**
+   * The heads of a batch's threads and the thread counter: from the cache,
+   * reading what it lacks. Returns a snapshot, so that other calls of this
+   * isolate changing the cache meanwhile cannot disturb the plan.
+   */
+  async #loadHeads(threadIds: string[]): Promise<Snapshot> {
+    const heads = new Map<string, CachedHead>();
+    const missing: string[] = [];
+    for (const id of threadIds) {
+      const cached = this.#heads.get(id);
+      if (cached === undefined) missing.push(id);
+      else heads.set(id, cached);
     }
+    let count = this.#threadCount;
+    const keys: Deno.KvKey[] = missing.map((id) => this.#keys.head(id));
+    if (count === undefined) keys.push(this.#keys.threadCount());
+    if (keys.length === 0) return { heads, count: count! };
     const reads: Promise<Deno.KvEntryMaybe<unknown>[]>[] = [];
     for (let i = 0; i < keys.length; i += KV_LIMITS.getMany) {
       reads.push(this.#kv.getMany(keys.slice(i, i + KV_LIMITS.getMany)));
     }
     const entries = (await Promise.all(reads)).flat();
+    if (this.#heads.size + missing.length > HEAD_CACHE_SIZE) {
+      this.#heads.clear();
+    }
     missing.forEach((id, i) => {
       const entry = entries[i]!;
-      this.#heads.set(id, {
+      const cached = {
         versionstamp: entry.versionstamp,
         head: entry.value as ThreadHead | null,
-      });
+      };
+      heads.set(id, cached);
+      this.#heads.set(id, cached);
     });
-    if (needCount) {
+    if (count === undefined) {
       const entry = entries[entries.length - 1]!;
-      this.#threadCount = {
+      count = {
         versionstamp: entry.versionstamp,
         value: (entry.value as number | null) ?? 0,
       };
+      this.#threadCount = count;
     }
+    return { heads, count };
   }
 
   /** Items whose upload record is gone; checked after a failed commit only. */
@@ -1434,9 +1468,13 @@ export class KvBackend implements SharedBackend {
    * (it checks every head it relies on, and the counter when threads are
    * created or refused).
    */
-  #plan(pending: Map<string, PendingAppend[]>, now: number) {
+  #plan(
+    pending: Map<string, PendingAppend[]>,
+    snapshot: Snapshot,
+    now: number,
+  ) {
     const op = this.#kv.atomic();
-    const count = this.#threadCount!;
+    const count = snapshot.count;
     const outcomes: [PendingAppend, number | Error][] = [];
     const newHeads: [string, ThreadHead][] = [];
     let created = 0;
@@ -1444,7 +1482,7 @@ export class KvBackend implements SharedBackend {
     let counterChecked = false;
     const expiresAt = this.#expiresAt(now);
     for (const [threadId, items] of pending) {
-      const cached = this.#heads.get(threadId)!;
+      const cached = snapshot.heads.get(threadId)!;
       const old = cached.head;
       op.check({
         key: this.#keys.head(threadId),
