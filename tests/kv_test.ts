@@ -522,6 +522,78 @@ Deno.test("KvBackend group commit, limits and retries", async (t) => {
   );
 
   await t.step(
+    "an expired thread frees its place under maxThreads at once, and its id starts again at 0",
+    async () => {
+      await using backend = await open({ ttlMs: 1_000, maxThreads: 2 });
+      await backend.bufferAppend("a", new Uint8Array([1]));
+      await backend.bufferAppend("a", new Uint8Array([2]));
+      await backend.bufferAppend("b", new Uint8Array([1]));
+      await assert.rejects(
+        backend.bufferAppend("c", new Uint8Array([1])),
+        ThreadLimitError,
+      );
+      await sleep(1_050);
+      const created = await Promise.all([
+        backend.bufferAppend("c", new Uint8Array([3])),
+        backend.bufferAppend("a", new Uint8Array([4])),
+      ]);
+      assert.deepEqual(created, [0, 0]);
+      assert.deepEqual(await backend.bufferGetThread("a"), [
+        new Uint8Array([4]),
+      ]);
+      await assert.rejects(
+        backend.bufferAppend("b", new Uint8Array([1])),
+        ThreadLimitError,
+      );
+    },
+  );
+
+  await t.step(
+    "mixed appends, deletes, clears and reads from two backends keep the heads, counter and slots consistent",
+    async () => {
+      const prefix = `g${tenant++}:`;
+      await using a = await KvBackend.open({ kvPath: store.path, prefix });
+      await using b = await KvBackend.open({ kvPath: store.path, prefix });
+      const ops: Promise<unknown>[] = [];
+      for (let i = 0; i < 600; i++) {
+        const backend = i % 2 === 0 ? a : b;
+        const id = `t${i % 7}`;
+        const roll = (i * 7919) % 100;
+        if (roll < 75) {
+          const size = roll < 3 ? 70_000 : 50;
+          ops.push(
+            backend.bufferAppend(id, new Uint8Array(size).fill(i & 0xff)),
+          );
+        } else if (roll < 85) ops.push(backend.bufferDeleteThread(id));
+        else if (roll < 86) ops.push(backend.bufferClear());
+        else ops.push(backend.bufferGetThread(id));
+        if (i % 50 === 49) await Promise.all(ops.splice(0));
+      }
+      await Promise.all(ops);
+      const raw = await rawEntries(store.path, prefix);
+      const heads = raw.filter((e) => e.key[1] === "head");
+      const counter = raw.find((e) => e.key[1] === "meta")?.value;
+      assert.equal(counter, heads.length);
+      for (const head of heads) {
+        const id = head.key[2] as string;
+        const { g, n } = head.value as { g: string; n: number };
+        const slots = await a.bufferGetThread(id);
+        assert.equal(slots.length, n);
+        assert.equal(
+          raw.filter((e) => e.key[1] === "slot" && e.key[2] === id).length,
+          n,
+          `slots of ${id} (generation ${g})`,
+        );
+      }
+      await a.bufferClear();
+      assert.deepEqual(
+        (await rawEntries(store.path, prefix)).map((e) => [e.key, e.value]),
+        [[[prefix, "meta", "threads"], 0]],
+      );
+    },
+  );
+
+  await t.step(
     "the tenant's prefix is one key part: a: and a:buffer: keys never share a list",
     async () => {
       await using a = await KvBackend.open({
