@@ -1,0 +1,162 @@
+// Redis append benchmarks, registered by `import "./_append_redis.ts"` from
+// append_bench.ts: `deno bench -A bench/append_bench.ts`. They run against a
+// redis-server the bench starts on a free 127.0.0.1 port (or the server of
+// XP_TEST_REDIS_URL), stopped by pid when the bench ends.
+//
+// One group per shape (awaited one by one or 256 in flight, to 1 thread or
+// 100 threads), each with the baselines a user would hand-write with ioredis:
+//
+// - baseline (`baseline: true`): `rpush` then `pexpire`, each awaited: two
+//   round trips, not atomic (the Python original's algorithm);
+// - `multi().rpush().pexpire().exec()`: one round trip, a transaction;
+// - a hand-written EVALSHA append (RPUSH + PEXPIRE in Lua), plain client and
+//   with `enableAutoPipelining`;
+// - `RedisBackend.bufferAppend`: limits, index and TTL in one script, with
+//   concurrent appends coalesced into shared script calls.
+//
+// Every iteration appends 256 200-byte slots; slots/s = 256 / time per
+// iteration. Before the benches, the server's own ceiling
+// (`redis-benchmark -P 16`, EVALSHA appends) is measured and printed, so that
+// ratios come from one run.
+
+import { Redis } from "ioredis";
+import { RedisBackend } from "../backends/redis.ts";
+import { startRedisServer } from "../tests/_redis_server.ts";
+import { HAND_WRITTEN_APPEND, measureCeilings } from "./redis_ceiling.ts";
+
+const SLOTS = 256;
+const SLOT = new Uint8Array(200).map((_, i) => i & 0xff);
+const TTL_MS = 86_400_000;
+
+const server = await startRedisServer();
+const clients: Redis[] = [];
+globalThis.addEventListener("unload", () => {
+  for (const client of clients) client.disconnect();
+  // Synchronous: unload handlers cannot await; the process ends right after.
+  if (server.pid !== undefined) {
+    try {
+      Deno.kill(server.pid, "SIGTERM");
+    } catch {
+      // already gone
+    }
+  }
+});
+
+for (const { name, opsPerSecond } of await measureCeilings(server.port)) {
+  console.log(`redis-benchmark -P 16, ${name}: ${opsPerSecond} ops/s`);
+}
+
+function client(options: { enableAutoPipelining?: boolean } = {}): Redis {
+  const redis = new Redis(server.url, { protocol: 2, ...options });
+  clients.push(redis);
+  return redis;
+}
+
+const plain = client();
+const autoPipelined = client({ enableAutoPipelining: true });
+plain.defineCommand("handAppend", {
+  lua: HAND_WRITTEN_APPEND,
+  numberOfKeys: 1,
+});
+autoPipelined.defineCommand("handAppend", {
+  lua: HAND_WRITTEN_APPEND,
+  numberOfKeys: 1,
+});
+type HandAppend = (
+  key: string,
+  slot: Uint8Array,
+  ttl: number,
+) => Promise<number>;
+const handAppend = (plain as unknown as { handAppend: HandAppend }).handAppend
+  .bind(plain);
+const handAppendAuto = (autoPipelined as unknown as { handAppend: HandAppend })
+  .handAppend.bind(
+    autoPipelined,
+  );
+
+const backend = await RedisBackend.open({
+  redisUrl: server.url,
+  prefix: "bench:",
+  ttlMs: TTL_MS,
+  maxSlotsPerThread: 1_000_000_000,
+  maxThreads: 1_000_000,
+});
+
+type Append = (threadId: string, slot: Uint8Array) => Promise<unknown>;
+const { Buffer } = await import("node:buffer");
+const slotBuffer = Buffer.from(SLOT);
+
+const twoRoundTrips: Append = async (threadId) => {
+  const length = await plain.rpush(`raw:${threadId}`, slotBuffer);
+  await plain.pexpire(`raw:${threadId}`, TTL_MS);
+  return length - 1;
+};
+const transaction: Append = async (threadId) => {
+  const replies = await plain.multi().rpush(`multi:${threadId}`, slotBuffer)
+    .pexpire(`multi:${threadId}`, TTL_MS).exec();
+  return (replies?.[0]?.[1] as number) - 1;
+};
+const evalsha: Append = (threadId) =>
+  handAppend(`hand:${threadId}`, slotBuffer, TTL_MS);
+const evalshaAuto: Append = (threadId) =>
+  handAppendAuto(`handauto:${threadId}`, slotBuffer, TTL_MS);
+const viaBackend: Append = (threadId, slot) =>
+  backend.bufferAppend(threadId, slot);
+
+async function oneByOne(append: Append, threads: string[]): Promise<void> {
+  for (let i = 0; i < SLOTS; i++) {
+    await append(threads[i % threads.length]!, SLOT);
+  }
+}
+
+async function allInFlight(append: Append, threads: string[]): Promise<void> {
+  const pending = new Array<Promise<unknown>>(SLOTS);
+  for (let i = 0; i < SLOTS; i++) {
+    pending[i] = append(threads[i % threads.length]!, SLOT);
+  }
+  await Promise.all(pending);
+}
+
+let iterations = 0;
+/** Times only `work`; every 32 iterations empties the server (untimed). */
+function measured(
+  work: () => Promise<void>,
+): (b: Deno.BenchContext) => Promise<void> {
+  return async (b) => {
+    if (++iterations % 32 === 0) {
+      await plain.flushdb();
+    }
+    b.start();
+    await work();
+    b.end();
+  };
+}
+
+const ids = (name: string, n: number) =>
+  Array.from({ length: n }, (_, i) => `${name}-${i}`);
+const shapes = [
+  ["1 thread, awaited one by one", ids("one", 1), oneByOne],
+  ["1 thread, 256 in flight", ids("one", 1), allInFlight],
+  ["100 threads, awaited one by one", ids("hundred", 100), oneByOne],
+  ["100 threads, 256 in flight", ids("hundred", 100), allInFlight],
+] as const;
+
+for (const [shape, threads, run] of shapes) {
+  const group = `redis: append 256 slots, ${shape}`;
+  const bench = (name: string, append: Append, baseline = false) =>
+    Deno.bench({
+      name,
+      group,
+      baseline,
+      fn: measured(() => run(append, threads as unknown as string[])),
+    });
+  bench(
+    "baseline: ioredis rpush then pexpire, each awaited",
+    twoRoundTrips,
+    true,
+  );
+  bench("ioredis multi().rpush().pexpire().exec()", transaction);
+  bench("hand-written EVALSHA append (RPUSH + PEXPIRE)", evalsha);
+  bench("hand-written EVALSHA append, enableAutoPipelining", evalshaAuto);
+  bench("RedisBackend.bufferAppend (limits, index, TTL)", viaBackend);
+}
