@@ -6,6 +6,7 @@
 // backendType through createSharedBackend) or the naive approach a user would
 // hand-write for that store (`mode: "naive"`), looked up in NAIVE by backend.
 
+import { Buffer } from "node:buffer";
 import { type BackendConfig, createSharedBackend } from "../mod.ts";
 
 /** What bench/isolates.ts sends each worker. */
@@ -64,7 +65,22 @@ const NAIVE: Partial<
       close: () => Promise.resolve(kv.close()),
     };
   },
-  // redis: to be added with the redis section of bench/isolates.ts.
+  // RPUSH, then PEXPIRE, each awaited: two round trips, as the Python original
+  // did (ioredis is loaded here only, so kv runs never load it).
+  async redis(job) {
+    const { Redis } = await import("ioredis");
+    const client = new Redis(job.config.redisUrl!, { protocol: 2 });
+    const prefix = job.config.prefix ?? "";
+    return {
+      async append(threadId, slot) {
+        const key = `naive:${prefix}${threadId}`;
+        const length = await client.rpush(key, Buffer.from(slot));
+        await client.pexpire(key, 86_400_000);
+        return length - 1;
+      },
+      close: async () => void await client.quit(),
+    };
+  },
 };
 
 async function openAppender(job: IsolateJob): Promise<Appender> {

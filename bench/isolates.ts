@@ -6,10 +6,12 @@
  * ```sh
  * deno run -A bench/isolates.ts                      # kv: a fresh temp KV file
  * deno run -A bench/isolates.ts --backend kv --seconds 3 --inflight 32 --threads 1
+ * deno run -A bench/isolates.ts --backend redis      # redis: its own redis-server
  * ```
  *
- * Options: `--backend kv|redis` (redis: `--redis-url`, once a naive redis
- * appender exists in `_isolates_worker.ts`), `--seconds` per run (default 2),
+ * Options: `--backend kv|redis` (redis: `--redis-url`, default: a
+ * redis-server started on a free port and stopped at the end), `--seconds`
+ * per run (default 2),
  * `--inflight` appends in flight per worker (default 16), `--threads` shared
  * by all workers (default 1: every worker appends to the same thread, the
  * hardest case), `--workers` (default 1,2,4), `--kv-path` (default: a fresh
@@ -21,6 +23,7 @@
 import { parseArgs } from "node:util";
 import type { BackendConfig } from "../mod.ts";
 import type { IsolateJob, IsolateReport } from "./_isolates_worker.ts";
+import { startRedisServer } from "../tests/_redis_server.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -31,7 +34,7 @@ const { values } = parseArgs({
     threads: { type: "string", default: "1" },
     workers: { type: "string", default: "1,2,4" },
     "kv-path": { type: "string" },
-    "redis-url": { type: "string", default: "redis://localhost:6379" },
+    "redis-url": { type: "string" },
   },
 });
 const backend = values.backend as IsolateJob["backend"];
@@ -53,9 +56,16 @@ async function storeFor(
   name: IsolateJob["backend"],
 ): Promise<{ config: BackendConfig; cleanUp: () => Promise<void> }> {
   if (name === "redis") {
+    if (values["redis-url"] !== undefined) {
+      return {
+        config: { backendType: "redis", redisUrl: values["redis-url"] },
+        cleanUp: () => Promise.resolve(),
+      };
+    }
+    const server = await startRedisServer();
     return {
-      config: { backendType: "redis", redisUrl: values["redis-url"] },
-      cleanUp: () => Promise.resolve(),
+      config: { backendType: "redis", redisUrl: server.url },
+      cleanUp: () => server.stop(),
     };
   }
   if (values["kv-path"] !== undefined) {
