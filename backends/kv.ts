@@ -469,7 +469,7 @@ export class KvBackend implements SharedBackend {
         )
       );
       if (entry.value === null) return await this.#vanished(threadId, head);
-      return await this.#materialize(threadId, entry.value);
+      return await this.#materializeLive(threadId, head, entry.value);
     });
   }
 
@@ -1148,10 +1148,14 @@ export class KvBackend implements SharedBackend {
    * and reclaimed while we read. Reads then see the thread gone, never part
    * of it.
    */
-  async #vanished(threadId: string, seen: ThreadHead): Promise<null> {
+  async #vanished(
+    threadId: string,
+    seen: ThreadHead,
+    error?: BackendError,
+  ): Promise<null> {
     const head = await this.#liveHead(threadId);
     if (head !== null && head.g === seen.g) {
-      throw new BackendError(
+      throw error ?? new BackendError(
         `Cannot read thread ${
           JSON.stringify(threadId)
         }: a slot below its length is missing`,
@@ -1182,9 +1186,26 @@ export class KvBackend implements SharedBackend {
       await this.#vanished(threadId, head);
       return [];
     }
-    return await Promise.all(
-      entries.map((entry) => this.#materialize(threadId, entry.value)),
+    const slots = await Promise.all(
+      entries.map((entry) =>
+        this.#materializeLive(threadId, head, entry.value)
+      ),
     );
+    return slots.includes(null) ? [] : slots as Uint8Array[];
+  }
+
+  /** A slot's bytes, or null if its thread vanished while we read its chunks. */
+  async #materializeLive(
+    threadId: string,
+    head: ThreadHead,
+    value: Uint8Array | BlobRef,
+  ): Promise<Uint8Array | null> {
+    try {
+      return await this.#materialize(threadId, value);
+    } catch (error) {
+      if (!(error instanceof BackendError)) throw error;
+      return await this.#vanished(threadId, head, error);
+    }
   }
 
   /** A stored slot's bytes: inline, or joined from its chunks. */

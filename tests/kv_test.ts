@@ -47,20 +47,29 @@ async function rawEntries(
   return await Array.fromAsync(kv.list({ prefix: [prefix] }));
 }
 
+/** A guard against a hung writer: the test fails loudly instead of hanging. */
+const WRITER_TIMEOUT_MS = 60_000;
+
 function runWorker(job: AppendJob): Promise<AppendReport> {
   const worker = new Worker(FIXTURE, { type: "module" });
-  return new Promise((resolve, reject) => {
-    worker.onmessage = (event: MessageEvent<AppendReport>) => {
-      worker.terminate();
-      resolve(event.data);
-    };
-    worker.onerror = (event) => {
-      event.preventDefault();
-      worker.terminate();
-      reject(new Error(`worker ${job.writer} failed: ${event.message}`));
-    };
-    worker.postMessage(job);
-  });
+  const { promise, resolve, reject } = Promise.withResolvers<AppendReport>();
+  const timer = setTimeout(() => {
+    worker.terminate();
+    reject(new Error(`worker ${job.writer} hung for ${WRITER_TIMEOUT_MS} ms`));
+  }, WRITER_TIMEOUT_MS);
+  worker.onmessage = (event: MessageEvent<AppendReport>) => {
+    clearTimeout(timer);
+    worker.terminate();
+    resolve(event.data);
+  };
+  worker.onerror = (event) => {
+    event.preventDefault();
+    clearTimeout(timer);
+    worker.terminate();
+    reject(new Error(`worker ${job.writer} failed: ${event.message}`));
+  };
+  worker.postMessage(job);
+  return promise;
 }
 
 function processArgs(job: AppendJob): string[] {
@@ -76,18 +85,26 @@ function processArgs(job: AppendJob): string[] {
 }
 
 async function runProcess(job: AppendJob): Promise<AppendReport> {
-  const output = await new Deno.Command(Deno.execPath(), {
+  const child = new Deno.Command(Deno.execPath(), {
     args: processArgs(job),
     stdout: "piped",
     stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  if (!output.success) {
-    throw new Error(
-      `writer ${job.writer} failed: ${decoder.decode(output.stderr)}`,
-    );
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), WRITER_TIMEOUT_MS);
+  try {
+    const output = await child.output();
+    const decoder = new TextDecoder();
+    if (!output.success) {
+      throw new Error(
+        `writer ${job.writer} failed (${output.signal ?? output.code}): ${
+          decoder.decode(output.stderr)
+        }`,
+      );
+    }
+    return JSON.parse(decoder.decode(output.stdout));
+  } finally {
+    clearTimeout(timer);
   }
-  return JSON.parse(decoder.decode(output.stdout));
 }
 
 function byOutcome(reports: AppendReport[]) {
@@ -170,6 +187,10 @@ Deno.test("KvBackend on one KV file shared by Workers and processes", async (t) 
           stdout: "piped",
           stderr: "null",
         }).spawn();
+        const guard = setTimeout(
+          () => child.kill("SIGKILL"),
+          WRITER_TIMEOUT_MS,
+        );
         let lines = 0;
         let killed = false;
         for await (
@@ -183,7 +204,9 @@ Deno.test("KvBackend on one KV file shared by Workers and processes", async (t) 
           }
         }
         const status = await child.status;
+        clearTimeout(guard);
         assert.equal(status.signal, "SIGKILL");
+        assert.ok(killed, `the writer died after ${lines} appends`);
         orphans = (await rawEntries(store.path, prefix)).filter((e) =>
           e.key[1] === "upload"
         ).length;
