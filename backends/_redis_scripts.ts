@@ -28,9 +28,10 @@ end
 
 /**
  * Prunes the thread index: entries whose score (a lower bound of the thread's
- * expiry) has passed are checked against their list's real TTL: re-scored if
- * the list lives on (it was appended to since), removed if it expired. O(1)
- * when nothing is due. `prefix` is the thread key prefix.
+ * expiry: 1 s early, so that clock steps between TIME and the key's expiry
+ * never make it late) has passed are checked against their list's real TTL:
+ * re-scored if the list lives on (it was appended to since), removed if it
+ * expired. O(1) when nothing is due. `prefix` is the thread key prefix.
  */
 const PRUNE = `
 local function prune(index, prefix, now)
@@ -42,7 +43,7 @@ local function prune(index, prefix, now)
     elseif pttl == -1 then
       redis.call('ZADD', index, '+inf', due[i])
     else
-      redis.call('ZADD', index, now + pttl, due[i])
+      redis.call('ZADD', index, now + pttl - 1000, due[i])
     end
   end
 end
@@ -95,7 +96,7 @@ for i = 1, n do
       and not redis.call('ZSCORE', index, member) then
       take = -1
     elseif ttl > 0 then
-      redis.call('ZADD', index, now + ttl, member)
+      redis.call('ZADD', index, now + ttl - 1000, member)
     else
       redis.call('ZADD', index, '+inf', member)
     end

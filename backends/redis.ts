@@ -660,15 +660,15 @@ export class RedisBackend implements SharedBackend {
   #failure(action: string, error: unknown, mutation: boolean): BackendError {
     const message = messageOf(error);
     let state: string;
-    if (
-      /enableOfflineQueue|Connection is closed|not connected/i.test(message)
-    ) {
+    if (/enableOfflineQueue/.test(message)) {
+      // ioredis refused to send: the connection is down and we keep no offline queue.
       state =
         `not connected to Redis at ${this.#endpoint} (it reconnects by itself); nothing was sent`;
     } else if (
-      /max retries per request|Socket timeout|aborted|ECONNRESET|EPIPE|closed/i
+      /max retries per request|Connection is closed|Socket timeout|no reply|aborted|ECONNRESET|EPIPE|ETIMEDOUT|closed/i
         .test(message)
     ) {
+      // The command was written; its reply never came.
       state =
         `the connection to Redis at ${this.#endpoint} was lost before the reply${
           mutation
