@@ -42,6 +42,21 @@ export function bytesOf(text: string): number {
   return text.length < 256 ? text.length * 3 : encoder.encode(text).length;
 }
 
+/**
+ * Bytes a string takes as a key part: its UTF-8 bytes, plus one for each NUL
+ * (escaped), plus a type tag and a terminator.
+ */
+export function keyPartBytes(text: string): number {
+  let nul = 0;
+  for (let i = text.indexOf("\0"); i !== -1; i = text.indexOf("\0", i + 1)) {
+    nul++;
+  }
+  return encoder.encode(text).length + nul + 2;
+}
+
+/** Most bytes of a key that Deno KV writes. */
+export const MAX_KEY_BYTES = 2048;
+
 /** A short random id (16 hex digits) for generations and uploads. */
 export function newId(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(8));

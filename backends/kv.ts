@@ -39,7 +39,9 @@ import {
   type Conflict,
   isContention,
   jitteredDelay,
+  keyPartBytes,
   KV_LIMITS,
+  MAX_KEY_BYTES,
   newId,
 } from "./_kv_util.ts";
 
@@ -345,6 +347,13 @@ export class KvBackend implements SharedBackend {
       // appends keep their call order.
       this.#maintain();
       const keyBytes = this.#prefixBytes + bytesOf(threadId) + 48;
+      if (!this.#storable(threadId)) {
+        throw new BackendError(
+          `Cannot append to thread ${
+            JSON.stringify(threadId.slice(0, 40))
+          }...: its Deno KV keys would exceed the ${MAX_KEY_BYTES} bytes allowed; use a shorter prefix or id`,
+        );
+      }
       if (slot.byteLength <= CHUNK_BYTES) {
         return await this.#submit({
           threadId,
@@ -552,6 +561,7 @@ export class KvBackend implements SharedBackend {
     return this.#run("bufferDeleteThread", async () => {
       checkId("threadId", threadId);
       await this.#maintain();
+      if (!this.#storable(threadId)) return false;
       const retired = await this.#retry(
         `Cannot delete thread ${JSON.stringify(threadId)}`,
         async () => {
@@ -694,6 +704,7 @@ export class KvBackend implements SharedBackend {
     return this.#run("registrySet", async () => {
       checkId("chain", chain);
       checkId("uuid", uuid);
+      this.#checkPairKeys(chain, uuid);
       await this.#maintain();
       await this.#mapPair(chain, uuid, false);
     });
@@ -726,6 +737,7 @@ export class KvBackend implements SharedBackend {
     return this.#run("registrySetIfAbsent", async () => {
       checkId("chain", chain);
       checkId("uuid", uuid);
+      this.#checkPairKeys(chain, uuid);
       await this.#maintain();
       return await this.#mapPair(chain, uuid, true);
     });
@@ -754,6 +766,7 @@ export class KvBackend implements SharedBackend {
     return this.#run("registryGetUuid", async () => {
       checkId("chain", chain);
       await this.#maintain();
+      if (!this.#pairStorable(chain)) return null;
       const entry = await this.#io(() =>
         this.#kv.get<RegistryRecord>(this.#keys.chain(chain))
       );
@@ -786,6 +799,7 @@ export class KvBackend implements SharedBackend {
     return this.#run("registryGetChain", async () => {
       checkId("uuid", uuid);
       await this.#maintain();
+      if (!this.#pairStorable(uuid)) return null;
       const entry = await this.#io(() =>
         this.#kv.get<RegistryRecord>(this.#keys.uuid(uuid))
       );
@@ -819,6 +833,7 @@ export class KvBackend implements SharedBackend {
     return this.#run("registryDelete", async () => {
       checkId("uuid", uuid);
       await this.#maintain();
+      if (!this.#pairStorable(uuid)) return false;
       return await this.#retry(
         `Cannot delete uuid ${JSON.stringify(uuid)}`,
         async () => {
@@ -1072,6 +1087,39 @@ export class KvBackend implements SharedBackend {
     return promise;
   }
 
+  /**
+   * Whether a thread's keys fit Deno KV's key limit. A long prefix with a
+   * long id, or an id of many NULs (escaped to 2 bytes each), may not: such a
+   * thread is refused before anything is written (so it cannot fail the
+   * other appends of a group commit), and reads as absent.
+   */
+  #storable(threadId: string): boolean {
+    const fast = (this.#keys.prefix.length + threadId.length) * 6 + 50;
+    if (fast <= MAX_KEY_BYTES) return true;
+    // The longest key is a blobref: prefix, id, two 16-digit ids, and tags.
+    return keyPartBytes(this.#keys.prefix) + keyPartBytes(threadId) + 50 <=
+      MAX_KEY_BYTES;
+  }
+
+  /** Whether a chain's or uuid's registry keys fit Deno KV's key limit. */
+  #pairStorable(id: string): boolean {
+    const fast = (this.#keys.prefix.length + id.length) * 6 + 30;
+    return fast <= MAX_KEY_BYTES ||
+      keyPartBytes(this.#keys.prefix) + keyPartBytes(id) + 30 <= MAX_KEY_BYTES;
+  }
+
+  #checkPairKeys(chain: string, uuid: string): void {
+    for (const id of [chain, uuid]) {
+      if (!this.#pairStorable(id)) {
+        throw new BackendError(
+          `Cannot map chain ${JSON.stringify(chain.slice(0, 40))} to uuid ${
+            JSON.stringify(uuid.slice(0, 40))
+          }: their Deno KV keys would exceed the ${MAX_KEY_BYTES} bytes allowed; use a shorter prefix or id`,
+        );
+      }
+    }
+  }
+
   #isLive(expiresAt: number, now: number): boolean {
     return expiresAt === 0 || expiresAt > now;
   }
@@ -1136,6 +1184,7 @@ export class KvBackend implements SharedBackend {
 
   /** The thread's head if it exists and has not expired. */
   async #liveHead(threadId: string): Promise<ThreadHead | null> {
+    if (!this.#storable(threadId)) return null;
     const entry = await this.#io(() =>
       this.#kv.get<ThreadHead>(this.#keys.head(threadId))
     );

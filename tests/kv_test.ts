@@ -677,3 +677,20 @@ Deno.test("KvBackend.open", async (t) => {
     );
   });
 });
+
+Deno.test("KvBackend rejects a thread whose keys would exceed Deno KV's key limit alone", async () => {
+  await using backend = await KvBackend.open({ kvPath: ":memory:" });
+  const nuls = "\0".repeat(1024); // a valid id: 1024 UTF-8 bytes, 2048 as a key part
+  const [bad, good] = await Promise.allSettled([
+    backend.bufferAppend(nuls, new Uint8Array([1])),
+    backend.bufferAppend("ok", new Uint8Array([2])),
+  ]);
+  assert.equal(bad.status, "rejected");
+  assert.ok(bad.reason instanceof BackendError);
+  assert.match(bad.reason.message, /2048 bytes allowed/);
+  assert.deepEqual(good, { status: "fulfilled", value: 0 });
+  assert.deepEqual(await backend.bufferListThreads(), ["ok"]);
+  assert.equal(await backend.bufferThreadLen(nuls), 0);
+  assert.deepEqual(await backend.bufferGetThread(nuls), []);
+  assert.equal(await backend.bufferDeleteThread(nuls), false);
+});
