@@ -378,9 +378,9 @@ export async function main(args: string[]): Promise<number> {
       if (kvPath === undefined) {
         tempDir = await Deno.makeTempDir({ prefix: "xp-demo-" });
         kvPath = `${tempDir}/demo.db`;
-        where = `${kvPath} (a temporary file${
-          options.keep ? ", kept" : ", removed afterwards"
-        })`;
+        where = `${kvPath}, a temporary file${
+          options.keep ? "" : " removed afterwards"
+        }`;
       } else {
         where = kvPath;
       }
