@@ -119,6 +119,44 @@ function byOutcome(reports: AppendReport[]) {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A Deno.Kv that records the most checks and mutations of its atomic commits. */
+function counting(
+  kv: Deno.Kv,
+  seen: { commits: number; maxChecks: number; maxMutations: number },
+): Deno.Kv {
+  return new Proxy(kv, {
+    get(target, property) {
+      if (property === "atomic") {
+        return () => {
+          const op = target.atomic();
+          let checks = 0;
+          let mutations = 0;
+          const proxy: Deno.AtomicOperation = new Proxy(op, {
+            get(inner, name) {
+              const value = Reflect.get(inner, name, inner);
+              if (typeof value !== "function") return value;
+              return (...args: unknown[]) => {
+                if (name === "check") checks += args.length;
+                if (name === "set" || name === "delete") mutations++;
+                if (name === "commit") {
+                  seen.commits++;
+                  seen.maxChecks = Math.max(seen.maxChecks, checks);
+                  seen.maxMutations = Math.max(seen.maxMutations, mutations);
+                }
+                const result = value.apply(inner, args);
+                return result === inner ? proxy : result;
+              };
+            },
+          });
+          return proxy;
+        };
+      }
+      const value = Reflect.get(target, property, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
 // ------------------------------------------------------------ KV specifics
 
 Deno.test("KvBackend on one KV file shared by Workers and processes", async (t) => {
@@ -386,7 +424,13 @@ Deno.test("KvBackend group commit, limits and retries", async (t) => {
   await t.step(
     "256 concurrent appends over 100 threads share a few commits within 100 checks each",
     async () => {
-      await using backend = await open();
+      using kv = await Deno.openKv(store.path);
+      const seen = { commits: 0, maxChecks: 0, maxMutations: 0 };
+      // An injected kv may be remote (10 checks): say it is a local file.
+      await using backend = await KvBackend.open({
+        kv: counting(kv, seen),
+        prefix: `g${tenant++}:`,
+      }, { maxChecksPerAtomic: 100 });
       await Promise.all(
         Array.from(
           { length: 256 },
@@ -397,6 +441,8 @@ Deno.test("KvBackend group commit, limits and retries", async (t) => {
       const n = await commits(`g${tenant - 1}:`);
       assert.ok(n >= 2 && n <= 8, `${n} commits`);
       assert.equal((await backend.stats()).slots, 256);
+      assert.ok(seen.maxChecks > 10 && seen.maxChecks <= 100);
+      assert.ok(seen.maxMutations <= 1000);
     },
   );
 
@@ -411,6 +457,35 @@ Deno.test("KvBackend group commit, limits and retries", async (t) => {
         ),
       );
       assert.ok((await commits(`g${tenant - 1}:`)) >= 12);
+    },
+  );
+
+  await t.step(
+    "with maxChecksPerAtomic 10, group commits of large and small slots over many threads hold at most 10 checks",
+    async () => {
+      using kv = await Deno.openKv(store.path);
+      const seen = { commits: 0, maxChecks: 0, maxMutations: 0 };
+      await using backend = await KvBackend.open(
+        { kv: counting(kv, seen), prefix: `g${tenant++}:` },
+        { maxChecksPerAtomic: 10 },
+      );
+      const slots = Array.from(
+        { length: 60 },
+        (_, i) => new Uint8Array(i % 3 === 0 ? 70_000 : 10).fill(i),
+      );
+      const indexes = await Promise.all(
+        slots.map((slot, i) => backend.bufferAppend(`t${i % 30}`, slot)),
+      );
+      assert.deepEqual(indexes, slots.map((_, i) => i < 30 ? 0 : 1));
+      for (let i = 0; i < 60; i++) {
+        assert.deepEqual(
+          await backend.bufferGetSlot(`t${i % 30}`, i < 30 ? 0 : 1),
+          slots[i],
+        );
+      }
+      assert.ok(seen.maxChecks <= 10, `${seen.maxChecks} checks`);
+      assert.ok(seen.maxChecks >= 9, "commits were not grouped");
+      assert.ok(seen.maxMutations <= 1000);
     },
   );
 
