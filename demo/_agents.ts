@@ -117,9 +117,14 @@ export async function playAgents(
   };
 
   const turn = async (t: number, lane: number): Promise<void> => {
-    const k = (t * job.lanes + lane) % job.conversations;
+    // Every Worker plays the same conversation at about the same time; each
+    // round of conversations, a Worker switches specialist, and half the
+    // Workers start with the other one, so every thread has many writers.
+    const played = t * job.lanes + lane;
+    const k = played % job.conversations;
+    const round = Math.floor(played / job.conversations);
     const console_ = `console-${k}`;
-    const specialist = SPECIALISTS[(t + lane + job.worker) % 2]!;
+    const specialist = SPECIALISTS[(round + job.worker) % 2]!;
 
     // The console starts (or rejoins) its conversation with the router.
     const toRouter = saw(
