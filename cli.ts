@@ -378,7 +378,7 @@ export async function main(args: string[], io: CliIo = {}): Promise<number> {
 
   let backend: SharedBackend;
   let store: string;
-  let prefix: string;
+  let prefix: string | null;
   const owned = io.backend === undefined;
   if (io.backend !== undefined) {
     for (const flag of ["backend", "kv-path", "redis-url", "prefix"] as const) {
@@ -387,8 +387,8 @@ export async function main(args: string[], io: CliIo = {}): Promise<number> {
       }
     }
     backend = io.backend;
-    store = `${backend.kind} (given)`;
-    prefix = "(the given backend's)";
+    store = `the given ${backend.kind} backend`;
+    prefix = null; // not known from the protocol
   } else {
     let config: BackendConfig;
     try {
@@ -605,17 +605,17 @@ async function run(
   argument: string | undefined,
   values: Values,
   backend: SharedBackend,
-  where: { store: string; prefix: string },
+  where: { store: string; prefix: string | null },
 ): Promise<Output> {
-  const under = `under prefix ${
-    JSON.stringify(where.prefix)
-  } of ${where.store}`;
+  const under = where.prefix === null
+    ? `in ${where.store}`
+    : `under prefix ${JSON.stringify(where.prefix)} of ${where.store}`;
   switch (command) {
     case "stats": {
       const stats = await backend.stats();
       const rows: [string, string][] = [
         ["store", where.store],
-        ["prefix", JSON.stringify(where.prefix)],
+        ["prefix", where.prefix === null ? "-" : JSON.stringify(where.prefix)],
         ["threads", number(stats.threads)],
         ["slots", number(stats.slots)],
         ["registry entries", number(stats.registryEntries)],

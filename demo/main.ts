@@ -428,6 +428,22 @@ export async function main(args: string[]): Promise<number> {
   );
   out(`  store: ${where}, prefix "${prefix}"`);
 
+  // Ctrl-C: the temporary KV file goes too.
+  const interrupted = () => {
+    if (tempDir !== undefined && !options.keep) {
+      try {
+        Deno.removeSync(tempDir, { recursive: true });
+      } catch {
+        // already gone
+      }
+    }
+    err("\ndemo: interrupted\n");
+    Deno.exit(130);
+  };
+  if (Deno.build.os !== "windows") {
+    Deno.addSignalListener("SIGINT", interrupted);
+  }
+
   let code: number = EXIT.failed;
   try {
     const progress = new Progress(total);
@@ -543,6 +559,9 @@ export async function main(args: string[]): Promise<number> {
     } else {
       await backend.bufferClear().catch(() => {});
       await backend.registryClear().catch(() => {});
+    }
+    if (Deno.build.os !== "windows") {
+      Deno.removeSignalListener("SIGINT", interrupted);
     }
     await backend.close();
     if (tempDir !== undefined && !options.keep) {

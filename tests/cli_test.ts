@@ -402,7 +402,10 @@ Deno.test("every command on a given memory backend, which stays open", async () 
     toId: "b",
   });
   const run = (...args: string[]) => cli(args, { backend });
-  assert.match(ok(await run("stats")).stdout, /^store {13}memory \(given\)$/m);
+  assert.match(
+    ok(await run("stats")).stdout,
+    /^store {13}the given memory backend$/m,
+  );
   assert.match(
     ok(await run("threads")).stdout,
     new RegExp(`1 {2}${uuid} {2}a\\.b`),
@@ -410,6 +413,9 @@ Deno.test("every command on a given memory backend, which stays open", async () 
   assert.match(ok(await run("show", uuid)).stdout, /"payload":"hi"/);
   assert.equal(ok(await run("chain", "a.b")).stdout, `${uuid}\n`);
   assert.equal(ok(await run("uuid", uuid)).stdout, "a.b\n");
+  const missing = await run("show", "nope");
+  assert.equal(missing.code, EXIT_CODES.notFound);
+  assert.match(missing.stderr, /no thread "nope" in the given memory backend/);
   assert.equal((await run("--backend", "kv", "stats")).code, EXIT_CODES.usage);
   ok(await run("clear", "--yes"));
   assert.equal((await backend.stats()).threads, 0);
