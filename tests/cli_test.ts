@@ -16,6 +16,7 @@ import {
 import { startRedisServer } from "./_redis_server.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
+const ROOT = new URL("..", import.meta.url).pathname;
 
 interface Result {
   code: number;
@@ -48,6 +49,7 @@ async function cliProcess(
     args: ["run", "-A", CLI, ...args],
     env: { NO_COLOR: "1", ...env },
     clearEnv: true,
+    cwd: ROOT,
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -631,7 +633,7 @@ Deno.test("importing cli.ts runs nothing", async () => {
         JSON.stringify(new URL("../cli.ts", import.meta.url).href)
       });`,
     ],
-    cwd: new URL("..", import.meta.url).pathname,
+    cwd: ROOT,
     stdout: "piped",
     stderr: "piped",
   }).output();

@@ -13,6 +13,7 @@ import { type DemoJournal, verifyStore } from "../demo/verify.ts";
 import { startRedisServer } from "./_redis_server.ts";
 
 const DEMO = new URL("../demo/main.ts", import.meta.url).pathname;
+const ROOT = new URL("..", import.meta.url).pathname;
 
 interface Run {
   code: number;
@@ -24,6 +25,7 @@ async function demo(...args: string[]): Promise<Run> {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", DEMO, ...args],
     env: { NO_COLOR: "1" },
+    cwd: ROOT,
     stdout: "piped",
     stderr: "piped",
   }).output();
