@@ -450,8 +450,7 @@ export async function main(args: string[]): Promise<number> {
     let started = performance.now();
     let reports: AgentReport[];
     if (inWorkers) {
-      const plain: BackendConfig = { ...config };
-      reports = await runWorkers(plain, jobs, progress, () => {
+      reports = await runWorkers(config, jobs, progress, () => {
         started = performance.now();
         progress.start();
       });
