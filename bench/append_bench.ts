@@ -10,6 +10,9 @@
  */
 
 import { InMemoryBackend } from "../backends/memory.ts";
+// The kv and redis groups register themselves: one `deno bench` run, one table.
+import "./_append_kv.ts";
+import "./_append_redis.ts";
 
 /** Slots per bench iteration. */
 export const BATCH = 256;
