@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Redis } from "ioredis";
+import { Cluster, Redis } from "ioredis";
 import { RedisBackend } from "../backends/redis.ts";
 import type { RedisClientLike } from "../backends/_redis_client.ts";
 import { redisKeys } from "../backends/_redis_keys.ts";
@@ -20,6 +20,46 @@ Deno.test("RedisBackend meets the shared-backend contract", async (t) => {
     name: "redis",
     open: (config) => RedisBackend.open({ ...config, redisUrl: server.url }),
   });
+});
+
+Deno.test("RedisBackend meets the contract on Redis Cluster (one node holding every slot: scripts that touched two slots would fail with CROSSSLOT)", async (t) => {
+  await using server = await startRedisServer({
+    own: true,
+    args: [
+      "--cluster-enabled",
+      "yes",
+      "--cluster-config-file",
+      "nodes.conf",
+      "--cluster-announce-ip",
+      "127.0.0.1",
+    ],
+  });
+  const cli = async (...args: string[]) =>
+    new TextDecoder().decode(
+      (await new Deno.Command("redis-cli", {
+        args: ["-p", String(server.port), ...args],
+        stdout: "piped",
+        stderr: "null",
+      }).output()).stdout,
+    );
+  assert.match(await cli("CLUSTER", "ADDSLOTSRANGE", "0", "16383"), /OK/);
+  await waitUntil(
+    async () => (await cli("CLUSTER", "INFO")).includes("cluster_state:ok"),
+    5_000,
+  );
+  const cluster = new Cluster([{ host: "127.0.0.1", port: server.port }], {
+    redisOptions: { protocol: 2, autoResendUnfulfilledCommands: false },
+  });
+  try {
+    await runConformanceSuite(t, {
+      name: "redis cluster",
+      open: (config) => RedisBackend.open({ ...config, redisClient: cluster }),
+    });
+  } finally {
+    const ended = new Promise((resolve) => cluster.once("end", resolve));
+    await cluster.quit();
+    await ended;
+  }
 });
 
 /** A raw ioredis client for checks the backend does not offer; close with {@linkcode closeRaw}. */
