@@ -212,9 +212,9 @@ export class RedisBackend implements SharedBackend {
    * `redis://` or `rediss://` URL; `redisClient` is not an ioredis client
    * or resends commands after a reconnect.
    * @throws {RangeError} A config number is out of range.
-   * @throws {BackendError} The server cannot be reached within 5 s, or
-   * refused the connection (a wrong password, say); the message names host
-   * and port, never the password.
+   * @throws {BackendError} The server (also an injected client's) does not
+   * answer within 4 s, or refused the connection (a wrong password, say);
+   * the message names host and port, never the password.
    *
    * @example An unreachable server
    * ```ts
@@ -230,8 +230,31 @@ export class RedisBackend implements SharedBackend {
     const resolved = resolveConfig({ ...config, backendType: "redis" });
     if (resolved.redisClient !== undefined && resolved.redisClient !== null) {
       const client = checkClient(resolved.redisClient);
+      const endpoint = describeClient(client);
+      // The caller's client may queue commands until it connects: check that
+      // it answers now rather than let the first call hang.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      try {
+        await Promise.race([
+          client.ping(),
+          new Promise((_, reject) => {
+            timer = setTimeout(
+              () =>
+                reject(new Error(`no answer within ${CONNECT_TIMEOUT_MS} ms`)),
+              CONNECT_TIMEOUT_MS,
+            );
+          }),
+        ]);
+      } catch (error) {
+        throw new BackendError(
+          `Cannot use the redisClient for ${endpoint}: ${messageOf(error)}`,
+          { cause: error },
+        );
+      } finally {
+        clearTimeout(timer);
+      }
       defineScripts(client);
-      return new RedisBackend(client, false, describeClient(client), resolved);
+      return new RedisBackend(client, false, endpoint, resolved);
     }
     const endpoint = describeUrl(resolved.redisUrl);
     // A specifier in a variable: not part of the module graph, so importing this
@@ -852,9 +875,15 @@ function describeClient(client: RedisClientLike): string {
   const options = client.options as
     | { host?: string; port?: number }
     | undefined;
-  return options?.host !== undefined
-    ? `${options.host}:${options.port ?? 6379}`
-    : "the injected client's server";
+  if (options?.host !== undefined) {
+    return `${options.host}:${options.port ?? 6379}`;
+  }
+  const node = (client as { startupNodes?: unknown[] }).startupNodes?.[0] as
+    | { host?: string; port?: number }
+    | undefined;
+  return node?.host !== undefined
+    ? `${node.host}:${node.port ?? 6379} (cluster)`
+    : "the redisClient's server";
 }
 
 /** `host:port` of a Redis URL, for messages (never the password). */

@@ -359,6 +359,23 @@ Deno.test("RedisBackend on one server: concurrency across isolates and processes
           RedisBackend.open({ redisClient: { not: "a client" } }),
           TypeError,
         );
+        const nowhere = new Redis("redis://127.0.0.1:1", {
+          lazyConnect: true,
+          autoResendUnfulfilledCommands: false,
+        });
+        nowhere.on("error", () => {});
+        const started = Date.now();
+        try {
+          await assert.rejects(
+            RedisBackend.open({ redisClient: nowhere }),
+            (error: Error) =>
+              error instanceof BackendError &&
+              error.message.includes("127.0.0.1:1"),
+          );
+          assert.ok(Date.now() - started < 5_000);
+        } finally {
+          nowhere.disconnect();
+        }
       } finally {
         await closeRaw(client);
         resending.disconnect();
