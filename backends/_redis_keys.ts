@@ -30,6 +30,9 @@
 //                                  pair's expiry; PEXPIREAT = the latest
 //                                  pair's expiry
 //
+// The append script derives the thread key prefix from the index key
+// (T + ":threads" -> T + ":t:"): change both together.
+//
 // The suffixes ":t:", ":threads", ":c:", ":u:", ":reg" are prefix-free
 // among themselves (":t:" vs ":threads" differ at the third character), so
 // kinds never collide within a tenant either. Nothing is ever found by

@@ -53,10 +53,11 @@ end
  * Appends slots to one or more threads of a tenant, checking the limits.
  *
  * KEYS[1] the thread index; KEYS[2..n+1] the threads' lists (distinct).
- * ARGV[1] ttlMs, ARGV[2] maxSlotsPerThread, ARGV[3] maxThreads,
- * ARGV[4] the thread key prefix (the index member is the key without it),
- * ARGV[5..n+4] the number of slots for each thread, then every slot, thread
- * after thread.
+ * ARGV[1] "ttlMs maxSlotsPerThread maxThreads" (one argument: fewer to encode
+ * on the hot path); for n = 1, ARGV[2..] are the slots; for n > 1,
+ * ARGV[2..n+1] the number of slots of each thread, then every slot, thread
+ * after thread. The thread key prefix (the index member is the key without
+ * it) is derived from KEYS[1]: `T:threads` -> `T:t:` (see _redis_keys.ts).
  *
  * Returns one integer per thread (a bare integer when n = 1, else an array):
  * r >= 0: all its slots were appended, the first at index r; r = -1: the
@@ -73,22 +74,24 @@ end
  */
 const APPEND = `${NOW}${PRUNE}
 local index = KEYS[1]
-local ttl = tonumber(ARGV[1])
-local max_slots = tonumber(ARGV[2])
-local max_threads = tonumber(ARGV[3])
-local prefix = ARGV[4]
+local ttl, max_slots, max_threads = string.match(ARGV[1], '^(%d+) (%d+) (%d+)$')
+ttl, max_slots, max_threads = tonumber(ttl), tonumber(max_slots), tonumber(max_threads)
 local n = #KEYS - 1
 local now = nil
+local prefix = nil
 local out = {}
-local pos = 5 + n
+local pos = 2
+if n > 1 then pos = 2 + n end
 for i = 1, n do
   local key = KEYS[i + 1]
-  local count = tonumber(ARGV[4 + i])
+  local count = #ARGV - 1
+  if n > 1 then count = tonumber(ARGV[1 + i]) end
   local len = redis.call('LLEN', key)
   local take = math.min(count, max_slots - len)
   if take > 0 and len == 0 then
     if not now then
       now = now_ms()
+      prefix = string.sub(index, 1, -9) .. ':t:'
       prune(index, prefix, now)
     end
     local member = string.sub(key, #prefix + 1)

@@ -158,8 +158,8 @@ export class RedisBackend implements SharedBackend {
   readonly #maxSlotBytes: number;
   readonly #maxSlotsPerThread: number;
   readonly #maxThreads: number;
-  /** The constant leading ARGV of the append script. */
-  readonly #appendArgs: string[];
+  /** The first ARGV of the append script: "ttlMs maxSlotsPerThread maxThreads". */
+  readonly #appendArgs: string;
   /** Appends not sent yet, by thread, in call order. */
   #queue = new Map<string, PendingAppend[]>();
   #flushScheduled = false;
@@ -189,12 +189,8 @@ export class RedisBackend implements SharedBackend {
     this.#maxSlotBytes = config.maxSlotBytes;
     this.#maxSlotsPerThread = config.maxSlotsPerThread;
     this.#maxThreads = config.maxThreads;
-    this.#appendArgs = [
-      String(config.ttlMs),
-      String(config.maxSlotsPerThread),
-      String(config.maxThreads),
-      this.#keys.threadPrefix,
-    ];
+    this.#appendArgs =
+      `${config.ttlMs} ${config.maxSlotsPerThread} ${config.maxThreads}`;
   }
 
   /**
@@ -743,8 +739,10 @@ export class RedisBackend implements SharedBackend {
     const args: (string | number | Buffer)[] = [batch.length + 1];
     args.push(this.#keys.threads);
     for (const [threadId] of batch) args.push(this.#keys.thread(threadId));
-    for (const arg of this.#appendArgs) args.push(arg);
-    for (const [, queued] of batch) args.push(String(queued.length));
+    args.push(this.#appendArgs);
+    if (batch.length > 1) {
+      for (const [, queued] of batch) args.push(String(queued.length));
+    }
     for (const [, queued] of batch) {
       for (const pending of queued) args.push(pending.slot);
     }
@@ -921,7 +919,10 @@ function messageOf(error: unknown): string {
 
 /** A `Buffer` copy of a slot: ioredis sends Buffers as bytes (a plain `Uint8Array` it would stringify). */
 function toBuffer(slot: Uint8Array): Buffer {
-  return Buffer.from(slot);
+  // allocUnsafe + set: about 10x cheaper than Buffer.from(slot) in Deno; every byte is overwritten.
+  const copy = Buffer.allocUnsafe(slot.byteLength);
+  copy.set(slot);
+  return copy;
 }
 
 /** A plain `Uint8Array` copy of a Node `Buffer` reply. */

@@ -124,11 +124,7 @@ export async function measureCeilings(
         "2",
         keys.threads,
         keys.thread(key),
-        "86400000",
-        String(Number.MAX_SAFE_INTEGER),
-        "1000000",
-        keys.threadPrefix,
-        "1",
+        `86400000 ${Number.MAX_SAFE_INTEGER} 1000000`,
         slot,
       ]),
     });
