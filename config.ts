@@ -124,6 +124,16 @@ export const DEFAULT_CONFIG: Readonly<{
 /**
  * A config with every default filled in and every value checked. Backends
  * take this from {@linkcode resolveConfig}.
+ *
+ * @example
+ * ```ts
+ * import { resolveConfig, type ResolvedConfig } from "@xml-pipeline/shared-backend";
+ * import assert from "node:assert/strict";
+ *
+ * const resolved: ResolvedConfig = resolveConfig({ prefix: "tenant-a:" });
+ * assert.equal(resolved.prefix, "tenant-a:");
+ * assert.equal(resolved.maxThreads, 1_000);
+ * ```
  */
 export interface ResolvedConfig {
   /** The store, with `"manager"` resolved to `"kv"`. */

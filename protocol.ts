@@ -6,12 +6,36 @@
  * @module
  */
 
-/** Which store a backend keeps its data in. */
+/**
+ * Which store a backend keeps its data in.
+ *
+ * @example
+ * ```ts
+ * import { type BackendKind, createSharedBackend } from "@xml-pipeline/shared-backend";
+ * import assert from "node:assert/strict";
+ *
+ * await using backend = await createSharedBackend();
+ * const kind: BackendKind = backend.kind;
+ * assert.equal(kind, "memory");
+ * ```
+ */
 export type BackendKind = "memory" | "kv" | "redis";
 
 /**
  * What {@linkcode SharedBackend.stats} reports: live (unexpired) data of this
  * backend's prefix only.
+ *
+ * @example
+ * ```ts
+ * import { type BackendStats, createSharedBackend } from "@xml-pipeline/shared-backend";
+ * import assert from "node:assert/strict";
+ *
+ * await using backend = await createSharedBackend({ ttlMs: 0 });
+ * await backend.bufferAppend("t1", new Uint8Array([1]));
+ * await backend.registrySet("a.b", "uuid-1");
+ * const stats: BackendStats = await backend.stats();
+ * assert.deepEqual(stats, { kind: "memory", threads: 1, slots: 1, registryEntries: 1, ttlMs: 0 });
+ * ```
  */
 export interface BackendStats {
   /** The backend's kind. */

@@ -21,6 +21,19 @@ import { checkId, checkRange, checkSlot, isSlotIndex } from "../_validate.ts";
 /**
  * Options of {@linkcode InMemoryBackend}: the config (its connection fields
  * are ignored), plus a clock for tests.
+ *
+ * @example
+ * ```ts
+ * import { InMemoryBackend, type InMemoryBackendOptions } from "@xml-pipeline/shared-backend/memory";
+ * import assert from "node:assert/strict";
+ *
+ * let now = 0;
+ * const options: InMemoryBackendOptions = { ttlMs: 10, now: () => now };
+ * await using backend = new InMemoryBackend(options);
+ * await backend.registrySet("a.b", "u1");
+ * now = 10;
+ * assert.equal(await backend.registryGetChain("u1"), null);
+ * ```
  */
 export interface InMemoryBackendOptions extends
   Pick<

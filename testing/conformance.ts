@@ -34,7 +34,25 @@ import {
 } from "../errors.ts";
 import type { SharedBackend } from "../protocol.ts";
 
-/** How the suite opens backends of the implementation under test. */
+/**
+ * How the suite opens backends of the implementation under test.
+ *
+ * @example A harness for backends that share one store
+ * ```ts
+ * import type { ConformanceHarness } from "@xml-pipeline/shared-backend/testing";
+ * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
+ * import assert from "node:assert/strict";
+ *
+ * const harness: ConformanceHarness = {
+ *   name: "kv in memory",
+ *   open: (config) => KvBackend.open({ ...config, kvPath: ":memory:" }),
+ *   sharedStore: false, // each ":memory:" KV is its own store
+ *   realTtlMs: 4_000,
+ * };
+ * await using backend = await harness.open({ prefix: "p:" });
+ * assert.equal(backend.kind, "kv");
+ * ```
+ */
 export interface ConformanceHarness {
   /** The backend's name, shown in the test output. */
   name: string;
