@@ -480,6 +480,7 @@ Deno.test("RedisBackend across a server crash (appendonly yes, SIGKILL): every a
   await using backend = await RedisBackend.open({
     redisUrl: server.url,
     prefix: "crash:",
+    maxSlotsPerThread: 1_000_000,
   });
   const acked = new Map<number, Uint8Array>();
   const failures: { message: string; ms: number }[] = [];
