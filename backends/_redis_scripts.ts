@@ -65,7 +65,7 @@ end
  * r <= -2: maxSlotsPerThread was reached after -r - 2 slots were appended
  * (the first at maxSlotsPerThread - (-r - 2)). Nothing is written for what
  * was refused. A thread that got slots has its list's TTL reset to
- * ttlMs (sliding).
+ * ttlMs (sliding), or removed with ttlMs = 0 (the last writer's TTL holds).
  *
  * The hot path, an append to an existing thread, is LLEN, RPUSH, PEXPIRE:
  * the index is written only when a thread is created (score: its first
@@ -106,7 +106,11 @@ for i = 1, n do
   end
   if take > 0 then
     redis.call('RPUSH', key, unpack(ARGV, pos, pos + take - 1))
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+    if ttl > 0 then
+      redis.call('PEXPIRE', key, ttl)
+    else
+      redis.call('PERSIST', key)
+    end
   end
   if take == count then
     out[i] = len
@@ -201,6 +205,7 @@ local function map_pair()
     redis.call('SET', KEYS[2], uuid)
     redis.call('SET', KEYS[3], chain)
     redis.call('ZADD', KEYS[1], '+inf', uuid)
+    redis.call('PERSIST', KEYS[1])
   end
 end
 `;
