@@ -66,8 +66,8 @@ const CONNECT_TIMEOUT_MS = 4_000;
 /** How long `ping()` waits before it resolves `false`. */
 const PING_TIMEOUT_MS = 2_000;
 /**
- * How long a connection may stay silent while a reply is due before it is
- * dropped (the waiting calls reject) and reconnected.
+ * How long a connection may stay silent (no data at all) while a reply is due
+ * before it is dropped (the waiting calls reject) and reconnected.
  */
 const SOCKET_TIMEOUT_MS = 4_000;
 /** How long `close()` waits for `QUIT` and the socket's end before it cuts the connection. */
@@ -191,7 +191,21 @@ export class RedisBackend implements SharedBackend {
     this.#maxThreads = config.maxThreads;
     this.#appendArgs =
       `${config.ttlMs} ${config.maxSlotsPerThread} ${config.maxThreads}`;
+    if (owned) {
+      // The watchdog counts any data as progress (a long reply arrives in
+      // chunks): listen to each connection's socket, the first and every
+      // reconnected one.
+      const listen = () =>
+        (client as { stream?: { on(event: "data", f: () => void): void } })
+          .stream?.on("data", this.#progress);
+      listen();
+      client.on("ready", listen);
+    }
   }
+
+  #progress = (): void => {
+    this.#lastProgress = performance.now();
+  };
 
   /**
    * Connects to Redis and returns the backend once the server answers.
@@ -651,7 +665,7 @@ export class RedisBackend implements SharedBackend {
 
   /**
    * The watchdog of a connection this backend opened: when commands have
-   * waited {@linkcode SOCKET_TIMEOUT_MS} without any reply, the server is
+   * waited {@linkcode SOCKET_TIMEOUT_MS} without any data, the server is
    * taken for hung and the socket is destroyed: the waiting calls reject and
    * ioredis reconnects. One timer per backend, re-armed only while commands
    * wait (cheaper than ioredis' `socketTimeout`, which arms a timer per
