@@ -398,6 +398,22 @@ Deno.test("RedisBackend on one server: concurrency across isolates and processes
   );
 });
 
+Deno.test("RedisBackend reading a 4 MiB slot leaves no timer or socket behind after close() (sanitizers on: ioredis 6 has no redis-parser interval)", async () => {
+  await using server = await startRedisServer();
+  const backend = await RedisBackend.open({
+    redisUrl: server.url,
+    prefix: `xp-test:${crypto.randomUUID()}:`,
+  });
+  const big = new Uint8Array(4 * 1024 * 1024).map((_, i) => (i * 7) & 0xff);
+  assert.equal(await backend.bufferAppend("big", big), 0);
+  const [slot] = await backend.bufferGetThread("big");
+  assert.equal(slot?.byteLength, big.byteLength);
+  assert.ok(slot!.every((byte, i) => byte === big[i]));
+  assert.equal(Object.getPrototypeOf(slot), Uint8Array.prototype);
+  await backend.bufferClear();
+  await backend.close();
+});
+
 Deno.test("RedisBackend uses the password and db index of redisUrl, and never shows the password", async () => {
   await using server = await startRedisServer({
     own: true,
