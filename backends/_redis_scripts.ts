@@ -28,10 +28,11 @@ end
 
 /**
  * Prunes the thread index: entries whose score (a lower bound of the thread's
- * expiry: 1 s early, so that clock steps between TIME and the key's expiry
- * never make it late) has passed are checked against their list's real TTL:
- * re-scored if the list lives on (it was appended to since), removed if it
- * expired. O(1) when nothing is due. `prefix` is the thread key prefix.
+ * expiry: 100 ms early, because TIME runs ahead of the time a script's
+ * PEXPIRE counts from by the script's run time) has passed are checked
+ * against their list's real TTL: re-scored if the list lives on (it was
+ * appended to since), removed if it expired. O(1) when nothing is due.
+ * `prefix` is the thread key prefix.
  */
 const PRUNE = `
 local function prune(index, prefix, now)
@@ -43,7 +44,7 @@ local function prune(index, prefix, now)
     elseif pttl == -1 then
       redis.call('ZADD', index, '+inf', due[i])
     else
-      redis.call('ZADD', index, now + pttl - 1000, due[i])
+      redis.call('ZADD', index, now + pttl - 100, due[i])
     end
   end
 end
@@ -99,7 +100,7 @@ for i = 1, n do
       and not redis.call('ZSCORE', index, member) then
       take = -1
     elseif ttl > 0 then
-      redis.call('ZADD', index, now + ttl - 1000, member)
+      redis.call('ZADD', index, now + ttl - 100, member)
     else
       redis.call('ZADD', index, '+inf', member)
     end
