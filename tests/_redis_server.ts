@@ -326,8 +326,22 @@ async function spawn(
 /** Whether a server on the port answers `PING` (with AUTH when a password is set). */
 async function answersPing(port: number, password?: string): Promise<boolean> {
   let conn: Deno.TcpConn | undefined;
+  let closed = false;
+  let timedOut = false;
+  const close = () => {
+    if (conn !== undefined && !closed) {
+      closed = true;
+      conn.close();
+    }
+  };
+  // Whatever holds the port must answer within 1 s (a read never hangs).
+  const timer = setTimeout(() => {
+    timedOut = true;
+    close();
+  }, 1_000);
   try {
     conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    if (timedOut) return false;
     const auth = password === undefined
       ? ""
       : `*2\r\n$4\r\nAUTH\r\n$${
@@ -336,8 +350,7 @@ async function answersPing(port: number, password?: string): Promise<boolean> {
     await conn.write(new TextEncoder().encode(`${auth}*1\r\n$4\r\nPING\r\n`));
     const buffer = new Uint8Array(256);
     let text = "";
-    const until = Date.now() + 1_000;
-    while (!text.includes("PONG") && Date.now() < until) {
+    while (!text.includes("PONG")) {
       const n = await conn.read(buffer);
       if (n === null) break;
       text += new TextDecoder().decode(buffer.subarray(0, n));
@@ -347,6 +360,7 @@ async function answersPing(port: number, password?: string): Promise<boolean> {
   } catch {
     return false;
   } finally {
-    conn?.close();
+    clearTimeout(timer);
+    close();
   }
 }
