@@ -441,6 +441,117 @@ Deno.test("RedisBackend uses the password and db index of redisUrl, and never sh
   assert.ok(!error.message.includes("wrong-pass"), error.message);
 });
 
+const hasOpenssl = await new Deno.Command("openssl", {
+  args: ["version"],
+  stdout: "null",
+  stderr: "null",
+}).output().then((o) => o.success, () => false);
+
+Deno.test({
+  name:
+    "RedisBackend connects with rediss:// (TLS, db index) to a server with a certificate of a test CA",
+  ignore: !hasOpenssl,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "xp-redis-tls-" });
+    try {
+      const openssl = async (...args: string[]) => {
+        const { success, stderr } = await new Deno.Command("openssl", {
+          args,
+          cwd: dir,
+          stdout: "null",
+          stderr: "piped",
+        }).output();
+        assert.ok(success, new TextDecoder().decode(stderr));
+      };
+      await openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=xp-test-ca",
+      );
+      await openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+      );
+      await Deno.writeTextFile(
+        `${dir}/ext.cnf`,
+        "subjectAltName=IP:127.0.0.1\n",
+      );
+      await openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+      );
+      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const tlsPort = (listener.addr as Deno.NetAddr).port;
+      listener.close();
+      await using _server = await startRedisServer({
+        own: true,
+        args: [
+          "--tls-port",
+          String(tlsPort),
+          "--tls-cert-file",
+          `${dir}/server.crt`,
+          "--tls-key-file",
+          `${dir}/server.key`,
+          "--tls-ca-cert-file",
+          `${dir}/ca.crt`,
+          "--tls-auth-clients",
+          "no",
+        ],
+      });
+      const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          new URL("./_fixtures/redis_tls.ts", import.meta.url).href,
+          `rediss://127.0.0.1:${tlsPort}/1`,
+        ],
+        env: { DENO_CERT: `${dir}/ca.crt` },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(
+        code,
+        0,
+        new TextDecoder().decode(stderr),
+      );
+      assert.equal(new TextDecoder().decode(stdout).trim(), "ok");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("RedisBackend: an unreachable server (refusing, or accepting but silent) rejects within 5 s naming host:port, never the password", async () => {
   const refused = Date.now();
   const error = await RedisBackend.open({
