@@ -40,6 +40,13 @@ globalThis.addEventListener("unload", () => {
       // already gone
     }
   }
+  if (server.dir !== undefined) {
+    try {
+      Deno.removeSync(server.dir, { recursive: true });
+    } catch {
+      // already gone
+    }
+  }
 });
 
 for (const { name, opsPerSecond } of await measureCeilings(server.port)) {

@@ -90,6 +90,12 @@ export interface RedisServer extends AsyncDisposable {
   /** `true` when the server comes from `XP_TEST_REDIS_URL` (not ours to stop). */
   readonly external: boolean;
   /**
+   * The server's own temporary directory (`--dir`, logs, AOF), removed by
+   * `stop()`; `undefined` for an external server. For code that must clean
+   * up synchronously (an `unload` handler): kill `pid`, then remove `dir`.
+   */
+  readonly dir: string | undefined;
+  /**
    * Ends the process (by pid) and, after `downMs`, starts it again on the
    * same port and directory, then waits until it answers.
    *
@@ -160,6 +166,7 @@ function externalServer(url: string): RedisServer {
     port: Number(parsed.port || 6379),
     pid: undefined,
     external: true,
+    dir: undefined,
     restart(): Promise<void> {
       return Promise.reject(
         new Error(
@@ -200,6 +207,10 @@ class OwnServer implements RedisServer {
 
   get pid(): number | undefined {
     return this.#child?.pid;
+  }
+
+  get dir(): string {
+    return this.#dir;
   }
 
   async restart(options: RedisRestartOptions = {}): Promise<void> {
