@@ -116,6 +116,41 @@ Deno.test("InMemoryBackend on its own", async (t) => {
     },
   );
 
+  await t.step(
+    "pages of deleted, cleared and expired threads are reused without mixing bytes",
+    async () => {
+      let now = 0;
+      await using backend = new InMemoryBackend({ ttlMs: 100, now: () => now });
+      const slot = (thread: number, i: number) =>
+        new Uint8Array(300).fill((thread * 37 + i) & 0xff);
+      for (let i = 0; i < 1_000; i++) {
+        await backend.bufferAppend("a", slot(1, i));
+      }
+      const before = await backend.bufferGetThread("a");
+      assert.equal(await backend.bufferDeleteThread("a"), true);
+      for (let i = 0; i < 1_000; i++) {
+        await backend.bufferAppend("b", slot(2, i));
+      }
+      now = 100; // "b" expires: its pages go back to the pool on the next call
+      for (let i = 0; i < 1_000; i++) {
+        await backend.bufferAppend("c", slot(3, i));
+      }
+      await backend.bufferClear();
+      for (let i = 0; i < 1_000; i++) {
+        await backend.bufferAppend("d", slot(4, i));
+      }
+      const after = await backend.bufferGetThread("d");
+      assert.equal(after.length, 1_000);
+      for (let i = 0; i < 1_000; i++) {
+        assert.ok(sameBytes(after[i]!, slot(4, i)), `slot ${i} of "d"`);
+        assert.ok(
+          sameBytes(before[i]!, slot(1, i)),
+          `copy ${i} read from "a" changed`,
+        );
+      }
+    },
+  );
+
   await t.step("ttlMs 0 keeps data however far the clock moves", async () => {
     let now = 0;
     await using backend = new InMemoryBackend({ ttlMs: 0, now: () => now });
