@@ -1379,36 +1379,47 @@ export async function runConformanceSuite(
       continue;
     }
     await t.step(`${harness.name}: ${check.name}`, async () => {
-      const opened: SharedBackend[] = [];
+      const opened: [SharedBackend, BackendConfig][] = [];
       const open: Open = async (config = {}) => {
         const { tenant, ...rest } = config;
-        const backend = await harness.open({
+        const full = {
           ttlMs: 0,
           ...rest,
           prefix: `${base}${number}:${tenant ?? ""}`,
-        });
-        opened.push(backend);
+        };
+        const backend = await harness.open(full);
+        opened.push([backend, full]);
         return backend;
       };
       try {
         await check.fn(open, time);
       } finally {
-        await cleanUp(opened);
+        await cleanUp(harness, opened);
       }
     });
   }
 }
 
-/** Clears what a step wrote and closes its backends (one closed by the step is left as it is). */
-async function cleanUp(opened: SharedBackend[]): Promise<void> {
-  for (const backend of opened) {
+/**
+ * Clears what a step wrote and closes its backends. A backend the step closed
+ * itself is cleared through a new one with its config, so that nothing is left
+ * behind on a store that outlives the test (a shared Redis, say).
+ */
+async function cleanUp(
+  harness: ConformanceHarness,
+  opened: [SharedBackend, BackendConfig][],
+): Promise<void> {
+  for (const [backend, config] of opened) {
     try {
       await backend.bufferClear();
       await backend.registryClear();
+      await backend.close();
     } catch (error) {
       if (!(error instanceof BackendClosedError)) throw error;
+      await using again = await harness.open(config);
+      await again.bufferClear();
+      await again.registryClear();
     }
-    await backend.close();
   }
 }
 

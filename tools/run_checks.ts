@@ -26,12 +26,21 @@ const checks: [string, string[]][] = [
   ["publish dry run", ["publish", "--dry-run", "--allow-dirty"]],
 ];
 
+// No step may hang CI: a step past its limit is killed and counted as failed.
+const CHECK_LIMIT_MS = 5 * 60_000;
+const TEST_LIMIT_MS = 30 * 60_000;
+
 let passed = 0;
 let failed = 0;
 
 for (const [name, args] of checks) {
   console.log(`\n=== ${name}: deno ${args.join(" ")}`);
-  const { code } = await new Deno.Command(deno, { args, env }).spawn().status;
+  const signal = AbortSignal.timeout(CHECK_LIMIT_MS);
+  const { code } = await new Deno.Command(deno, { args, env, signal }).spawn()
+    .status;
+  if (signal.aborted) {
+    console.log(`=== ${name} killed after ${CHECK_LIMIT_MS / 60_000} minutes`);
+  }
   if (code === 0) {
     passed++;
   } else {
@@ -43,8 +52,13 @@ for (const [name, args] of checks) {
 // The tests and the doc examples of every module and of README.md.
 const testArgs = ["test", "-A", "--doc", ".", "README.md", ...Deno.args];
 console.log(`\n=== tests: deno ${testArgs.join(" ")}`);
-const child = new Deno.Command(deno, { args: testArgs, env, stdout: "piped" })
-  .spawn();
+const testSignal = AbortSignal.timeout(TEST_LIMIT_MS);
+const child = new Deno.Command(deno, {
+  args: testArgs,
+  env,
+  stdout: "piped",
+  signal: testSignal,
+}).spawn();
 let tail = "";
 const decoder = new TextDecoder();
 for await (const chunk of child.stdout) {
@@ -52,6 +66,9 @@ for await (const chunk of child.stdout) {
   tail = (tail + decoder.decode(chunk, { stream: true })).slice(-4096);
 }
 const { code } = await child.status;
+if (testSignal.aborted) {
+  console.log(`=== tests killed after ${TEST_LIMIT_MS / 60_000} minutes`);
+}
 
 // deno test ends with e.g. "ok | 5 passed (13 steps) | 0 failed" or
 // "FAILED | 4 passed (12 steps) | 1 failed (2 steps) | 3 ignored (1 step)".
