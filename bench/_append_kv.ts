@@ -13,10 +13,8 @@
 // Every iteration appends 256 200-byte slots; slots/s = 256 / time per iteration.
 // (Bench functions are `async`: Deno.bench awaits only async functions.)
 
+import { allInFlight, type Append, SHAPES, SLOT, SLOTS } from "./_shapes.ts";
 import { KvBackend } from "../backends/kv.ts";
-
-const SLOTS = 256;
-const SLOT = new Uint8Array(200).map((_, i) => i & 0xff);
 
 const dir = await Deno.makeTempDir({ prefix: "bench_kv_" });
 globalThis.addEventListener("unload", () => {
@@ -35,8 +33,6 @@ const backend = await KvBackend.open({
   maxSlotsPerThread: Number.MAX_SAFE_INTEGER,
   maxThreads: 1_000_000,
 });
-
-type Append = (threadId: string, slot: Uint8Array) => Promise<unknown>;
 
 let rawSeq = 0;
 const rawSet: Append = (threadId, slot) =>
@@ -60,7 +56,7 @@ const viaBackend: Append = (threadId, slot) =>
 
 let ceilingSeq = 0;
 /** The group-commit ceiling: all slots of an iteration in commits of up to 500 sets. */
-async function ceiling(threads: string[]): Promise<void> {
+async function ceiling(threads: readonly string[]): Promise<void> {
   for (let first = 0; first < SLOTS; first += 500) {
     const op = kv.atomic();
     for (let i = first; i < Math.min(SLOTS, first + 500); i++) {
@@ -70,32 +66,7 @@ async function ceiling(threads: string[]): Promise<void> {
   }
 }
 
-async function oneByOne(append: Append, threads: string[]): Promise<void> {
-  for (let i = 0; i < SLOTS; i++) {
-    await append(threads[i % threads.length]!, SLOT);
-  }
-}
-
-async function allInFlight(append: Append, threads: string[]): Promise<void> {
-  await Promise.all(
-    Array.from(
-      { length: SLOTS },
-      (_, i) => append(threads[i % threads.length]!, SLOT),
-    ),
-  );
-}
-
-const ids = (name: string, n: number) =>
-  Array.from({ length: n }, (_, i) => `${name}-${i}`);
-
-const shapes = [
-  ["1 thread, awaited one by one", ids("one", 1), oneByOne],
-  ["1 thread, 256 in flight", ids("one", 1), allInFlight],
-  ["100 threads, awaited one by one", ids("hundred", 100), oneByOne],
-  ["100 threads, 256 in flight", ids("hundred", 100), allInFlight],
-] as const;
-
-for (const [shape, threads, run] of shapes) {
+for (const [shape, threads, run] of SHAPES) {
   const group = `kv: append 256 slots, ${shape}`;
   // The naive append with 256 in flight collapses into retry storms: few runs.
   const slow = run === allInFlight ? { n: 3, warmup: 1 } : {};
@@ -104,21 +75,21 @@ for (const [shape, threads, run] of shapes) {
     group,
     baseline: true,
     fn: async () => {
-      await ceiling(threads as unknown as string[]);
+      await ceiling(threads);
     },
   });
   Deno.bench({
     name: "KvBackend.bufferAppend",
     group,
     fn: async () => {
-      await run(viaBackend, threads as unknown as string[]);
+      await run(viaBackend, threads);
     },
   });
   Deno.bench({
     name: "raw kv.set (no index)",
     group,
     fn: async () => {
-      await run(rawSet, threads as unknown as string[]);
+      await run(rawSet, threads);
     },
   });
   Deno.bench({
@@ -126,7 +97,7 @@ for (const [shape, threads, run] of shapes) {
     group,
     ...slow,
     fn: async () => {
-      await run(naiveCas, threads as unknown as string[]);
+      await run(naiveCas, threads);
     },
   });
 }

@@ -19,13 +19,12 @@
 // (`redis-benchmark -P 16`, EVALSHA appends) is measured and printed, so that
 // ratios come from one run.
 
+import { type Append, SHAPES, SLOT } from "./_shapes.ts";
 import { Redis } from "ioredis";
 import { RedisBackend } from "../backends/redis.ts";
 import { startRedisServer } from "../tests/_redis_server.ts";
 import { HAND_WRITTEN_APPEND, measureCeilings } from "./redis_ceiling.ts";
 
-const SLOTS = 256;
-const SLOT = new Uint8Array(200).map((_, i) => i & 0xff);
 const TTL_MS = 86_400_000;
 
 const server = await startRedisServer();
@@ -89,7 +88,6 @@ const backend = await RedisBackend.open({
   maxThreads: 1_000_000,
 });
 
-type Append = (threadId: string, slot: Uint8Array) => Promise<unknown>;
 const { Buffer } = await import("node:buffer");
 const slotBuffer = Buffer.from(SLOT);
 
@@ -110,20 +108,6 @@ const evalshaAuto: Append = (threadId) =>
 const viaBackend: Append = (threadId, slot) =>
   backend.bufferAppend(threadId, slot);
 
-async function oneByOne(append: Append, threads: string[]): Promise<void> {
-  for (let i = 0; i < SLOTS; i++) {
-    await append(threads[i % threads.length]!, SLOT);
-  }
-}
-
-async function allInFlight(append: Append, threads: string[]): Promise<void> {
-  const pending = new Array<Promise<unknown>>(SLOTS);
-  for (let i = 0; i < SLOTS; i++) {
-    pending[i] = append(threads[i % threads.length]!, SLOT);
-  }
-  await Promise.all(pending);
-}
-
 let iterations = 0;
 /** Times only `work`; every 32 iterations empties the server (untimed). */
 function measured(
@@ -139,23 +123,14 @@ function measured(
   };
 }
 
-const ids = (name: string, n: number) =>
-  Array.from({ length: n }, (_, i) => `${name}-${i}`);
-const shapes = [
-  ["1 thread, awaited one by one", ids("one", 1), oneByOne],
-  ["1 thread, 256 in flight", ids("one", 1), allInFlight],
-  ["100 threads, awaited one by one", ids("hundred", 100), oneByOne],
-  ["100 threads, 256 in flight", ids("hundred", 100), allInFlight],
-] as const;
-
-for (const [shape, threads, run] of shapes) {
+for (const [shape, threads, run] of SHAPES) {
   const group = `redis: append 256 slots, ${shape}`;
   const bench = (name: string, append: Append, baseline = false) =>
     Deno.bench({
       name,
       group,
       baseline,
-      fn: measured(() => run(append, threads as unknown as string[])),
+      fn: measured(() => run(append, threads)),
     });
   bench(
     "baseline: ioredis rpush then pexpire, each awaited",

@@ -2,8 +2,9 @@
  * Slot-append throughput, one group per question, each with its baseline in
  * the same group: `deno bench -A bench/append_bench.ts`.
  *
- * Every iteration appends BATCH 200-byte slots, either awaited one by one or
- * all in flight at once; the per-slot rate is BATCH / (time per iteration).
+ * Every iteration appends 256 200-byte slots (`bench/_shapes.ts`), either
+ * awaited one by one or all in flight at once; the per-slot rate is
+ * 256 / (time per iteration).
  * Threads are deleted outside the timing before they reach the slot limit.
  *
  * @module
@@ -13,40 +14,7 @@ import { InMemoryBackend } from "../backends/memory.ts";
 // The kv and redis groups register themselves: one `deno bench` run, one table.
 import "./_append_kv.ts";
 import "./_append_redis.ts";
-
-/** Slots per bench iteration. */
-export const BATCH = 256;
-/** The slot every bench appends: 200 bytes, as a small serialized message. */
-export const SLOT: Uint8Array = new Uint8Array(200).map((_, i) => i & 0xff);
-
-type Append = (threadId: string, slot: Uint8Array) => Promise<number>;
-
-/** Appends BATCH slots to `threads`, round robin, one awaited after the other. */
-export async function oneByOne(
-  append: Append,
-  threads: string[],
-): Promise<void> {
-  for (let i = 0; i < BATCH; i++) {
-    await append(threads[i % threads.length]!, SLOT);
-  }
-}
-
-/** Appends BATCH slots to `threads`, round robin, all in flight at once. */
-export async function allInFlight(
-  append: Append,
-  threads: string[],
-): Promise<void> {
-  const pending = new Array<Promise<number>>(BATCH);
-  for (let i = 0; i < BATCH; i++) {
-    pending[i] = append(threads[i % threads.length]!, SLOT);
-  }
-  await Promise.all(pending);
-}
-
-/** Thread ids `${name}-0` .. `${name}-${n - 1}`. */
-export function threadIds(name: string, n: number): string[] {
-  return Array.from({ length: n }, (_, i) => `${name}-${i}`);
-}
+import { type Append, SHAPES, SLOT } from "./_shapes.ts";
 
 // The naive store a user would hand-write: an async function pushing onto a Map.
 const raw = new Map<string, Uint8Array[]>();
@@ -88,34 +56,23 @@ function measured(
   };
 }
 
-const one = threadIds("one", 1);
-const hundred = threadIds("hundred", 100);
-const shapes = [
-  ["1 thread, awaited one by one", one, oneByOne],
-  ["1 thread, 256 in flight", one, allInFlight],
-  ["100 threads, awaited one by one", hundred, oneByOne],
-  ["100 threads, 256 in flight", hundred, allInFlight],
-] as const;
-
-for (const [shape, threads, run] of shapes) {
+for (const [shape, threads, run] of SHAPES) {
   const group = `memory: append 256 slots, ${shape}`;
   Deno.bench({
     name: "baseline: async push onto Map<string, Uint8Array[]>",
     group,
     baseline: true,
-    fn: measured(() => run(rawAppend, threads as unknown as string[])),
+    fn: measured(() => run(rawAppend, threads)),
   });
   Deno.bench({
     name: "InMemoryBackend.bufferAppend (sliding TTL)",
     group,
-    fn: measured(() => run(appendToMemory, threads as unknown as string[])),
+    fn: measured(() => run(appendToMemory, threads)),
   });
   Deno.bench({
     name: "InMemoryBackend.bufferAppend (ttlMs 0)",
     group,
-    fn: measured(() =>
-      run(appendToMemoryNoTtl, threads as unknown as string[])
-    ),
+    fn: measured(() => run(appendToMemoryNoTtl, threads)),
   });
 }
 
