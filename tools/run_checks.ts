@@ -28,7 +28,7 @@ const checks: [string, string[]][] = [
 
 // No step may hang CI: a step past its limit is killed and counted as failed.
 const CHECK_LIMIT_MS = 5 * 60_000;
-const TEST_LIMIT_MS = 30 * 60_000;
+const TEST_LIMIT_MS = 15 * 60_000;
 
 let passed = 0;
 let failed = 0;
