@@ -9,8 +9,18 @@ export const KV_LIMITS = Object.freeze({
   remoteChecks: 10,
   /** Mutations per atomic commit. */
   mutations: 1000,
-  /** Bytes of keys and values per atomic commit (800 KiB), with a margin for encoding. */
+  /**
+   * Bytes per atomic commit (800 KiB), with a margin for encoding: the keys of
+   * its checks and mutations, plus the keys and values of its sets (a set's
+   * key counts twice).
+   */
   commitBytes: 800 * 1024 - 16 * 1024,
+  /**
+   * Bytes of the keys of an atomic commit's sets (80 KiB), with a margin: a
+   * separate limit, "Total key size too large", that long ids reach well
+   * before 1000 mutations.
+   */
+  setKeyBytes: 80 * 1024 - 2 * 1024,
   /** Keys per `getMany`. */
   getMany: 10,
 });
@@ -44,14 +54,25 @@ export function bytesOf(text: string): number {
 
 /**
  * Bytes a string takes as a key part: its UTF-8 bytes, plus one for each NUL
- * (escaped), plus a type tag and a terminator.
+ * (escaped), plus a type tag and a terminator. Counted without encoding (it
+ * runs on every append); a lone surrogate counts as U+FFFD, 3 bytes.
  */
 export function keyPartBytes(text: string): number {
-  let nul = 0;
-  for (let i = text.indexOf("\0"); i !== -1; i = text.indexOf("\0", i + 1)) {
-    nul++;
+  let bytes = 2;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code === 0) bytes += 2;
+    else if (code < 0x80) bytes += 1;
+    else if (code < 0x800) bytes += 2;
+    else if (
+      code >= 0xd800 && code < 0xdc00 && i + 1 < text.length &&
+      (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00
+    ) {
+      bytes += 4;
+      i++;
+    } else bytes += 3;
   }
-  return encoder.encode(text).length + nul + 2;
+  return bytes;
 }
 
 /** Most bytes of a key that Deno KV writes. */

@@ -34,7 +34,6 @@ import {
   type UploadRecord,
 } from "./_kv_keys.ts";
 import {
-  bytesOf,
   CONFLICT,
   type Conflict,
   isContention,
@@ -98,7 +97,7 @@ interface PendingAppend {
   upload: { key: Deno.KvKey; versionstamp: string } | undefined;
   /** Estimated bytes this append adds to a commit (key and value). */
   bytes: number;
-  /** Estimated bytes of the thread's keys (prefix and id). */
+  /** Most bytes of one of the thread's keys (see #threadKeyBytes). */
   keyBytes: number;
   resolve: (index: number) => void;
   reject: (error: unknown) => void;
@@ -192,6 +191,7 @@ export class KvBackend implements SharedBackend {
   readonly #kv: Deno.Kv;
   readonly #ownsKv: boolean;
   readonly #keys: KvKeys;
+  /** Bytes of the prefix as a key part. */
   readonly #prefixBytes: number;
   readonly #ttlMs: number;
   readonly #maxSlotsPerThread: number;
@@ -221,7 +221,7 @@ export class KvBackend implements SharedBackend {
     this.#kv = kv;
     this.#ownsKv = ownsKv;
     this.#keys = new KvKeys(config.prefix);
-    this.#prefixBytes = bytesOf(config.prefix);
+    this.#prefixBytes = keyPartBytes(config.prefix);
     this.#ttlMs = config.ttlMs;
     this.#maxSlotsPerThread = config.maxSlotsPerThread;
     this.#maxThreads = config.maxThreads;
@@ -346,7 +346,7 @@ export class KvBackend implements SharedBackend {
       // The sweep runs beside the append (close() waits for it): queued
       // appends keep their call order.
       this.#maintain();
-      const keyBytes = this.#prefixBytes + bytesOf(threadId) + 48;
+      const keyBytes = this.#threadKeyBytes(threadId);
       if (!this.#storable(threadId)) {
         throw new BackendError(
           `Cannot append to thread ${
@@ -647,10 +647,15 @@ export class KvBackend implements SharedBackend {
             }: writers kept adding threads`,
           );
         }
-        // Each head: a check and three mutations.
-        const size = Math.min(this.#maxChecks - 1, 300);
-        for (let i = 0; i < heads.length; i += size) {
-          const batch = heads.slice(i, i + size);
+        // Each head: a check and three mutations, one of them a set.
+        for (
+          const batch of batches(
+            heads,
+            Math.min(this.#maxChecks - 1, 300),
+            (entry) => this.#threadKeyBytes(entry.key[2] as string),
+            KV_LIMITS.setKeyBytes,
+          )
+        ) {
           await this.#io(async () => {
             const count = await this.#kv.get<number>(this.#keys.threadCount());
             const op = this.#kv.atomic().check(count);
@@ -915,10 +920,18 @@ export class KvBackend implements SharedBackend {
             }: writers kept adding pairs`,
           );
         }
-        const size = Math.min(this.#maxChecks, 300);
-        for (let i = 0; i < chains.length; i += size) {
+        // Each pair: a check and three deletes of its keys.
+        for (
+          const batch of batches(
+            chains,
+            Math.min(this.#maxChecks, 300),
+            ({ value }) =>
+              2 * (this.#pairKeyBytes(value.c) + this.#pairKeyBytes(value.u)),
+            KV_LIMITS.commitBytes,
+          )
+        ) {
           const op = this.#kv.atomic();
-          for (const entry of chains.slice(i, i + size)) {
+          for (const entry of batch) {
             // The bijection holds in every commit: uuid(u) points back.
             op.check(entry);
             this.#deletePair(op, entry.value, entry.value, entry.value);
@@ -928,9 +941,16 @@ export class KvBackend implements SharedBackend {
       }
       // uuid records whose chain record is gone (none, unless written by hand).
       const uuids = await this.#listAll<RegistryRecord>(this.#keys.uuids());
-      for (let i = 0; i < uuids.length; i += 500) {
+      for (
+        const batch of batches(
+          uuids,
+          Math.min(this.#maxChecks, 500),
+          ({ value }) => 2 * this.#pairKeyBytes(value.u),
+          KV_LIMITS.commitBytes,
+        )
+      ) {
         const op = this.#kv.atomic();
-        for (const entry of uuids.slice(i, i + 500)) {
+        for (const entry of batch) {
           op.check(entry).delete(entry.key);
         }
         await this.#io(() => op.commit());
@@ -1096,16 +1116,26 @@ export class KvBackend implements SharedBackend {
   #storable(threadId: string): boolean {
     const fast = (this.#keys.prefix.length + threadId.length) * 6 + 50;
     if (fast <= MAX_KEY_BYTES) return true;
-    // The longest key is a blobref: prefix, id, two 16-digit ids, and tags.
-    return keyPartBytes(this.#keys.prefix) + keyPartBytes(threadId) + 50 <=
-      MAX_KEY_BYTES;
+    return this.#threadKeyBytes(threadId) <= MAX_KEY_BYTES;
+  }
+
+  /**
+   * Most bytes any key of a thread takes: the longest is a blobref (prefix,
+   * id, two 16-digit ids, and tags). What commits are sized by.
+   */
+  #threadKeyBytes(threadId: string): number {
+    return this.#prefixBytes + keyPartBytes(threadId) + 50;
+  }
+
+  /** Most bytes a registry key of a chain or uuid takes. */
+  #pairKeyBytes(id: string): number {
+    return this.#prefixBytes + keyPartBytes(id) + 30;
   }
 
   /** Whether a chain's or uuid's registry keys fit Deno KV's key limit. */
   #pairStorable(id: string): boolean {
     const fast = (this.#keys.prefix.length + id.length) * 6 + 30;
-    return fast <= MAX_KEY_BYTES ||
-      keyPartBytes(this.#keys.prefix) + keyPartBytes(id) + 30 <= MAX_KEY_BYTES;
+    return fast <= MAX_KEY_BYTES || this.#pairKeyBytes(id) <= MAX_KEY_BYTES;
   }
 
   #checkPairKeys(chain: string, uuid: string): void {
@@ -1363,6 +1393,7 @@ export class KvBackend implements SharedBackend {
     let checks = 1;
     let mutations = 1;
     let bytes = 256;
+    let setKeys = 64;
     const threads = new Set<string>();
     let taken = 0;
     for (const item of this.#queue) {
@@ -1370,16 +1401,24 @@ export class KvBackend implements SharedBackend {
       const addChecks = (isNew ? 1 : 0) + (item.upload ? 1 : 0);
       // A new thread in the batch: head, expiry entry and its old one, a dead-generation marker.
       const addMutations = 1 + (isNew ? 4 : 0) + (item.upload ? 2 : 0);
-      const addBytes = item.bytes + (isNew ? 4 * (item.keyBytes + 64) : 0);
+      // Keys of sets: the slot, a blobref; for a new thread its head, expiry
+      // entry and dead-generation marker. They count against their own
+      // 80 KiB limit, and twice in the commit's bytes (with the check keys).
+      const addSetKeys = item.keyBytes *
+        (1 + (item.upload ? 1 : 0) + (isNew ? 3 : 0));
+      const addBytes = item.bytes + (isNew ? 4 * (item.keyBytes + 64) : 0) +
+        addSetKeys + addChecks * item.keyBytes;
       if (
         taken > 0 &&
         (checks + addChecks > this.#maxChecks ||
           mutations + addMutations > KV_LIMITS.mutations ||
-          bytes + addBytes > KV_LIMITS.commitBytes)
+          bytes + addBytes > KV_LIMITS.commitBytes ||
+          setKeys + addSetKeys > KV_LIMITS.setKeyBytes)
       ) break;
       checks += addChecks;
       mutations += addMutations;
       bytes += addBytes;
+      setKeys += addSetKeys;
       threads.add(item.threadId);
       taken++;
     }
@@ -1945,9 +1984,14 @@ export class KvBackend implements SharedBackend {
     }
     // Delete by index without reading the slots (they may be large); then
     // list what is left, which is nothing unless the length was unknown.
-    for (let i = 0; i < (length ?? 0); i += KV_LIMITS.mutations) {
+    // A commit's deleted keys stay within its bytes (long ids).
+    const perCommit = Math.min(
+      KV_LIMITS.mutations,
+      Math.floor(KV_LIMITS.commitBytes / this.#threadKeyBytes(threadId)),
+    );
+    for (let i = 0; i < (length ?? 0); i += perCommit) {
       const op = this.#kv.atomic();
-      for (let j = i; j < Math.min(length!, i + KV_LIMITS.mutations); j++) {
+      for (let j = i; j < Math.min(length!, i + perCommit); j++) {
         op.delete(this.#keys.slot(threadId, gen, j));
       }
       await this.#io(() => op.commit());
@@ -1968,6 +2012,33 @@ export class KvBackend implements SharedBackend {
       await this.#io(() => op.commit());
     }
   }
+}
+
+/**
+ * Splits items into runs of at most `max` items whose weights sum to at most
+ * `budget` (an item heavier than the budget goes alone).
+ */
+function batches<T>(
+  items: T[],
+  max: number,
+  weight: (item: T) => number,
+  budget: number,
+): T[][] {
+  const runs: T[][] = [];
+  let run: T[] = [];
+  let total = 0;
+  for (const item of items) {
+    const w = weight(item);
+    if (run.length > 0 && (run.length >= max || total + w > budget)) {
+      runs.push(run);
+      run = [];
+      total = 0;
+    }
+    run.push(item);
+    total += w;
+  }
+  if (run.length > 0) runs.push(run);
+  return runs;
 }
 
 function errorMessage(error: unknown): string {

@@ -692,6 +692,51 @@ Deno.test("KvBackend group commit, limits and retries", async (t) => {
   );
 
   await t.step(
+    "grouped appends to threads with long ids stay within Deno KV's 80 KiB of set keys per commit, and such threads are deleted, cleared and reclaimed whole",
+    async () => {
+      await using backend = await open({ ttlMs: 60_000 });
+      const prefix = `g${tenant - 1}:`;
+      const dense = (n: number) => [...Array(n).keys()];
+      // A dotted chain of 100 characters: 1000 slot keys exceed 80 KiB.
+      const chain = "console.router.greeter.".repeat(5).slice(0, 100);
+      assert.deepEqual(
+        await Promise.all(
+          dense(1000).map((i) =>
+            backend.bufferAppend(chain, new Uint8Array([i & 0xff]))
+          ),
+        ),
+        dense(1000),
+      );
+      // Ids at the 1024-byte edge: one thread of 900 slots, then 120 threads.
+      const long = (i: number) => String(i).padStart(4, "0") + "é".repeat(510);
+      assert.deepEqual(
+        await Promise.all(
+          dense(900).map(() =>
+            backend.bufferAppend(long(0), new Uint8Array(1))
+          ),
+        ),
+        dense(900),
+      );
+      assert.equal(await backend.bufferDeleteThread(long(0)), true);
+      const left = (await rawEntries(store.path, prefix)).filter((e) =>
+        e.key[2] === long(0)
+      );
+      assert.equal(left.length, 0);
+      await Promise.all(
+        dense(120).map((i) =>
+          backend.bufferAppend(long(i + 1), new Uint8Array(1))
+        ),
+      );
+      assert.equal((await backend.stats()).threads, 121);
+      await backend.bufferClear();
+      assert.deepEqual(
+        (await rawEntries(store.path, prefix)).map((e) => [e.key, e.value]),
+        [[[prefix, "meta", "threads"], 0]],
+      );
+    },
+  );
+
+  await t.step(
     "the tenant's prefix is one key part: a: and a:buffer: keys never share a list",
     async () => {
       await using a = await KvBackend.open({
