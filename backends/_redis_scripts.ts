@@ -88,7 +88,10 @@ for i = 1, n do
   local count = #ARGV - 1
   if n > 1 then count = tonumber(ARGV[1 + i]) end
   local len = redis.call('LLEN', key)
-  local take = math.min(count, max_slots - len)
+  -- Never negative: a thread may hold more than this backend's
+  -- max_slots (written by a backend with a higher limit): that is full.
+  local take = math.max(math.min(count, max_slots - len), 0)
+  local refused = false
   if take > 0 and len == 0 then
     if not now then
       now = now_ms()
@@ -98,7 +101,8 @@ for i = 1, n do
     local member = string.sub(key, #prefix + 1)
     if redis.call('ZCARD', index) >= max_threads
       and not redis.call('ZSCORE', index, member) then
-      take = -1
+      take = 0
+      refused = true
     elseif ttl > 0 then
       redis.call('ZADD', index, now + ttl - 100, member)
     else
@@ -113,12 +117,12 @@ for i = 1, n do
       redis.call('PERSIST', key)
     end
   end
-  if take == count then
-    out[i] = len
-  elseif take < 0 then
+  if refused then
     out[i] = -1
+  elseif take == count then
+    out[i] = len
   else
-    out[i] = -2 - math.max(take, 0)
+    out[i] = -2 - take
   end
   pos = pos + count
 end

@@ -3,7 +3,7 @@ import { Cluster, Redis } from "ioredis";
 import { RedisBackend } from "../backends/redis.ts";
 import type { RedisClientLike } from "../backends/_redis_client.ts";
 import { redisKeys } from "../backends/_redis_keys.ts";
-import { BackendError } from "../errors.ts";
+import { BackendError, SlotLimitError } from "../errors.ts";
 import { runConformanceSuite } from "../testing/conformance.ts";
 import { type RedisServer, startRedisServer } from "./_redis_server.ts";
 import {
@@ -227,6 +227,51 @@ Deno.test("RedisBackend on one server: concurrency across isolates and processes
       assert.equal((await threadsBackend.stats()).threads, 25);
       await slotsBackend.bufferClear();
       await threadsBackend.bufferClear();
+    },
+  );
+
+  await t.step(
+    "an append to a thread holding more slots than this backend's maxSlotsPerThread (written by a backend with a higher limit) is a SlotLimitError, not a ThreadLimitError",
+    async () => {
+      const prefix = `xp-test:${crypto.randomUUID()}:`;
+      await using roomy = await RedisBackend.open({
+        redisUrl: server.url,
+        prefix,
+        maxSlotsPerThread: 10,
+      });
+      await using strict = await RedisBackend.open({
+        redisUrl: server.url,
+        prefix,
+        maxSlotsPerThread: 5,
+      });
+      for (let i = 0; i < 8; i++) {
+        await roomy.bufferAppend("t", new Uint8Array([i]));
+      }
+      await assert.rejects(
+        strict.bufferAppend("t", new Uint8Array([9])),
+        SlotLimitError,
+      );
+      // The same inside one script call with another thread's appends.
+      const outcomes = await Promise.allSettled([
+        strict.bufferAppend("u", new Uint8Array([1])),
+        strict.bufferAppend("t", new Uint8Array([9])),
+        strict.bufferAppend("u", new Uint8Array([2])),
+        strict.bufferAppend("t", new Uint8Array([9])),
+      ]);
+      assert.deepEqual(outcomes.map((o) => o.status), [
+        "fulfilled",
+        "rejected",
+        "fulfilled",
+        "rejected",
+      ]);
+      for (const o of outcomes) {
+        if (o.status === "rejected") {
+          assert.ok(o.reason instanceof SlotLimitError, String(o.reason));
+        }
+      }
+      assert.equal(await roomy.bufferThreadLen("t"), 8);
+      assert.equal(await roomy.bufferThreadLen("u"), 2);
+      await roomy.bufferClear();
     },
   );
 
