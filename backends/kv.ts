@@ -202,6 +202,7 @@ export class KvBackend implements SharedBackend {
   readonly #uploadTimeoutMs: number;
 
   #closed = false;
+  #closing: Promise<void> | undefined;
   /** Calls in progress, which close() waits for. */
   readonly #active = new Set<Promise<unknown>>();
   readonly #queue: PendingAppend[] = [];
@@ -1061,8 +1062,14 @@ export class KvBackend implements SharedBackend {
    * assert.equal((await kv.get(["x"])).value, null); // still open
    * ```
    */
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  close(): Promise<void> {
+    // Every call waits for the same closing: a second close() resolves only
+    // once the KV is closed, never while the first is still waiting.
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
     this.#closed = true;
     while (this.#active.size > 0) {
       await Promise.allSettled([...this.#active]);

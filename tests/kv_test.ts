@@ -786,6 +786,21 @@ Deno.test("KvBackend.open", async (t) => {
     },
   );
 
+  await t.step(
+    "a second close() resolves only once the first has finished: in-flight calls settled, the KV closed",
+    async () => {
+      await using store = await tempStore();
+      const backend = await KvBackend.open({ kvPath: store.path });
+      const append = backend.bufferAppend("t", new Uint8Array(200_000));
+      let firstDone = false;
+      const first = backend.close().then(() => firstDone = true);
+      await backend.close();
+      assert.equal(firstDone, true);
+      assert.equal(await append, 0);
+      await first;
+    },
+  );
+
   await t.step("bad options are RangeErrors naming them", async () => {
     await assert.rejects(
       KvBackend.open({ kvPath: ":memory:" }, { maxAttempts: 0 }),
