@@ -27,8 +27,9 @@
 //   T + ":c:" + chain      string  the chain's uuid  } both PEXPIREAT =
 //   T + ":u:" + uuid       string  the uuid's chain  } last write + ttlMs
 //   T + ":reg"             zset    registry index: member uuid, score its
-//                                  pair's expiry; PEXPIREAT = the latest
-//                                  pair's expiry
+//                                  pair's expiry ("+inf" when ttlMs = 0);
+//                                  PEXPIREAT = its highest score (none
+//                                  while it holds a persistent pair)
 //
 // The append script derives the thread key prefix from the index key
 // (T + ":threads" -> T + ":t:"): change both together.

@@ -205,12 +205,18 @@ local function map_pair()
     redis.call('SET', KEYS[2], uuid, 'PXAT', expiry)
     redis.call('SET', KEYS[3], chain, 'PXAT', expiry)
     redis.call('ZADD', KEYS[1], expiry, uuid)
-    redis.call('PEXPIREAT', KEYS[1], expiry)
   else
     redis.call('SET', KEYS[2], uuid)
     redis.call('SET', KEYS[3], chain)
     redis.call('ZADD', KEYS[1], '+inf', uuid)
+  end
+  -- The index lives as long as its longest-lived pair: backends with another
+  -- ttlMs may share the prefix, so this write's expiry is not always the latest.
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+  if last == 'inf' then
     redis.call('PERSIST', KEYS[1])
+  else
+    redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last)))
   end
 end
 `;

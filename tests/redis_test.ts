@@ -316,6 +316,35 @@ Deno.test("RedisBackend on one server: concurrency across isolates and processes
   );
 
   await t.step(
+    "a registry pair written with ttlMs 0 stays listed and counted when a backend with a short ttlMs writes another pair on the same prefix",
+    async () => {
+      const prefix = `xp-test:${crypto.randomUUID()}:`;
+      await using lasting = await RedisBackend.open({
+        redisUrl: server.url,
+        prefix,
+        ttlMs: 0,
+      });
+      await using brief = await RedisBackend.open({
+        redisUrl: server.url,
+        prefix,
+        ttlMs: 300,
+      });
+      await lasting.registrySet("kept chain", "kept uuid");
+      await brief.registrySet("brief chain", "brief uuid");
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      assert.equal(await lasting.registryGetChain("kept uuid"), "kept chain");
+      assert.deepEqual(
+        await lasting.registryListAll(),
+        new Map([["kept uuid", "kept chain"]]),
+      );
+      assert.equal((await lasting.stats()).registryEntries, 1);
+      await lasting.registryClear();
+      assert.equal(await lasting.registryGetChain("kept uuid"), null);
+      assert.equal(await lasting.registryGetUuid("kept chain"), null);
+    },
+  );
+
+  await t.step(
     "every key of a tenant carries its hash tag (one Cluster slot per tenant), for prefixes a: and a:buffer: and ids holding the other's prefix",
     async () => {
       const run = crypto.randomUUID();
