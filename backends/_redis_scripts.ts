@@ -68,7 +68,9 @@ end
  * was refused. A thread that got slots has its list's TTL reset to
  * ttlMs (sliding), or removed with ttlMs = 0 (the last writer's TTL holds).
  *
- * The hot path, an append to an existing thread, is LLEN, RPUSH, PEXPIRE:
+ * The hot path, an append to an existing thread, is LLEN, RPUSH, PEXPIRE
+ * (and PTTL with ttlMs > 0: a persistent list, left by a backend with
+ * ttlMs 0 on the same prefix, gets its index score back from +inf):
  * the index is written only when a thread is created (score: its first
  * expiry, a lower bound that PRUNE corrects), and server time is read only
  * then.
@@ -112,6 +114,15 @@ for i = 1, n do
   if take > 0 then
     redis.call('RPUSH', key, unpack(ARGV, pos, pos + take - 1))
     if ttl > 0 then
+      if len > 0 and redis.call('PTTL', key) == -1 then
+        -- Persistent (a backend with ttlMs 0 wrote it), so its index score
+        -- is +inf, which no prune would ever check: it expires now.
+        if not now then
+          now = now_ms()
+          prefix = string.sub(index, 1, -9) .. ':t:'
+        end
+        redis.call('ZADD', index, now + ttl - 100, string.sub(key, #prefix + 1))
+      end
       redis.call('PEXPIRE', key, ttl)
     else
       redis.call('PERSIST', key)

@@ -316,6 +316,33 @@ Deno.test("RedisBackend on one server: concurrency across isolates and processes
   );
 
   await t.step(
+    "a thread created with ttlMs 0 and then appended to by a backend with a short ttlMs expires whole: unlisted, uncounted, and no longer held against maxThreads",
+    async () => {
+      const prefix = `xp-test:${crypto.randomUUID()}:`;
+      await using lasting = await RedisBackend.open({
+        redisUrl: server.url,
+        prefix,
+        ttlMs: 0,
+        maxThreads: 1,
+      });
+      await using brief = await RedisBackend.open({
+        redisUrl: server.url,
+        prefix,
+        ttlMs: 300,
+        maxThreads: 1,
+      });
+      await lasting.bufferAppend("t", new Uint8Array([1]));
+      await brief.bufferAppend("t", new Uint8Array([2]));
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      assert.equal(await brief.bufferThreadExists("t"), false);
+      assert.deepEqual(await brief.bufferListThreads(), []);
+      assert.equal((await brief.stats()).threads, 0);
+      assert.equal(await brief.bufferAppend("u", new Uint8Array([3])), 0);
+      await brief.bufferClear();
+    },
+  );
+
+  await t.step(
     "a registry pair written with ttlMs 0 stays listed and counted when a backend with a short ttlMs writes another pair on the same prefix",
     async () => {
       const prefix = `xp-test:${crypto.randomUUID()}:`;
