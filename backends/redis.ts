@@ -212,15 +212,16 @@ export class RedisBackend implements SharedBackend {
    *
    * With `redisClient`, that ioredis client is used as it is and left open by
    * `close()`. It must have been created with
-   * `autoResendUnfulfilledCommands: false`, or it could resend an append
-   * whose reply was lost after a reconnect.
+   * `autoResendUnfulfilledCommands: false` (for a `Cluster`: in
+   * `redisOptions`, and with `retryDelayOnFailover: 0`), or it could resend
+   * an append whose reply was lost.
    *
    * @param config `redisUrl` (`redis://` or `rediss://`, with password and db
    * index) or `redisClient`; `prefix`, `ttlMs` and the limits.
    * @returns The open backend.
    * @throws {TypeError} A config field has the wrong type; `redisUrl` is not a
    * `redis://` or `rediss://` URL; `redisClient` is not an ioredis client
-   * or resends commands after a reconnect.
+   * or resends commands whose reply was lost.
    * @throws {RangeError} A config number is out of range.
    * @throws {BackendError} The server (also an injected client's) does not
    * answer within 4 s, or refused the connection (a wrong password, say);
@@ -878,6 +879,17 @@ function checkClient(value: unknown): Client {
   if (options.autoResendUnfulfilledCommands !== false) {
     throw new TypeError(
       "Invalid redisClient: it resends commands in flight after a reconnect, which could apply an append twice; create it with { autoResendUnfulfilledCommands: false }",
+    );
+  }
+  // A Cluster sends a command again, after `retryDelayOnFailover` ms, when
+  // its node's connection closed before the reply ("Connection is closed."):
+  // the server may have run it already. (MOVED, ASK, TRYAGAIN and CLUSTERDOWN
+  // replies, which it also retries, mean that the command did not run.)
+  if (
+    (client.options?.retryDelayOnFailover as number | undefined ?? 0) > 0
+  ) {
+    throw new TypeError(
+      "Invalid redisClient: this Cluster resends a command whose connection closed before the reply (retryDelayOnFailover), which could apply an append twice; create it with { retryDelayOnFailover: 0, redisOptions: { autoResendUnfulfilledCommands: false } }",
     );
   }
   return value as Client;

@@ -11,6 +11,7 @@ import {
   type AppendOutcome,
   taggedSlot,
 } from "./_fixtures/redis_appender.ts";
+import { ReplyLosingProxy } from "./_fixtures/redis_proxy.ts";
 
 const APPENDER = new URL("./_fixtures/redis_appender.ts", import.meta.url);
 
@@ -48,6 +49,7 @@ Deno.test("RedisBackend meets the contract on Redis Cluster (one node holding ev
     5_000,
   );
   const cluster = new Cluster([{ host: "127.0.0.1", port: server.port }], {
+    retryDelayOnFailover: 0,
     redisOptions: { protocol: 2, autoResendUnfulfilledCommands: false },
   });
   try {
@@ -59,6 +61,118 @@ Deno.test("RedisBackend meets the contract on Redis Cluster (one node holding ev
     const ended = new Promise((resolve) => cluster.once("end", resolve));
     await cluster.quit();
     await ended;
+  }
+});
+
+Deno.test("RedisBackend on Redis Cluster when the server runs an append but its reply is lost (a proxy drops it, then cuts the connection)", async (t) => {
+  await using proxy = new ReplyLosingProxy();
+  await using server = await startRedisServer({
+    own: true,
+    args: [
+      "--cluster-enabled",
+      "yes",
+      "--cluster-config-file",
+      "nodes.conf",
+      "--cluster-announce-ip",
+      "127.0.0.1",
+      "--cluster-announce-port",
+      String(proxy.port),
+    ],
+  });
+  proxy.target = server.port;
+  const raw = rawClient(server.url);
+  try {
+    await raw.call("CLUSTER", "ADDSLOTSRANGE", "0", "16383");
+    await waitUntil(
+      async () =>
+        String(await raw.call("CLUSTER", "INFO")).includes("cluster_state:ok"),
+      5_000,
+    );
+
+    await t.step(
+      "a Cluster client that resends a command whose connection closed (retryDelayOnFailover > 0, ioredis' default) is refused, since it could apply an append twice",
+      async () => {
+        const resending = new Cluster(
+          [{ host: "127.0.0.1", port: proxy.port }],
+          {
+            lazyConnect: true,
+            redisOptions: { protocol: 2, autoResendUnfulfilledCommands: false },
+          },
+        );
+        try {
+          await assert.rejects(
+            RedisBackend.open({ redisClient: resending }),
+            (error: Error) =>
+              error instanceof TypeError &&
+              error.message.includes("retryDelayOnFailover: 0"),
+          );
+        } finally {
+          resending.disconnect();
+        }
+      },
+    );
+
+    await t.step(
+      "with retryDelayOnFailover 0 the append rejects saying it may have been applied, and it is stored once",
+      async () => {
+        const cluster = new Cluster(
+          [{ host: "127.0.0.1", port: proxy.port }],
+          {
+            retryDelayOnFailover: 0,
+            redisOptions: { protocol: 2, autoResendUnfulfilledCommands: false },
+          },
+        );
+        try {
+          const prefix = `xp-test:${crypto.randomUUID()}:`;
+          const backend = await RedisBackend.open({
+            redisClient: cluster,
+            prefix,
+          });
+          assert.equal(await backend.bufferAppend("t", new Uint8Array([1])), 0);
+          proxy.dropReplies();
+          const lost = backend.bufferAppend("t", new Uint8Array([2])).then(
+            (index) => ({ index }),
+            (error: Error) => ({ error }),
+          );
+          await waitUntil(
+            async () => (await raw.llen(redisKeys(prefix).thread("t"))) === 2,
+            2_000,
+          );
+          proxy.cut();
+          const outcome = await lost;
+          assert.ok(
+            "error" in outcome,
+            `acknowledged as ${JSON.stringify(outcome)}`,
+          );
+          assert.ok(
+            outcome.error instanceof BackendError,
+            String(outcome.error),
+          );
+          assert.match(
+            outcome.error.message,
+            /may or may not have been applied/,
+          );
+          // A resend would land within ioredis' retry delays: give it the time.
+          await new Promise((resolve) => setTimeout(resolve, 500));
+          assert.deepEqual(
+            (await raw.lrangeBuffer(redisKeys(prefix).thread("t"), 0, -1)).map(
+              (b) => [...b],
+            ),
+            [[1], [2]],
+          );
+          await waitUntil(() => backend.ping(), 5_000);
+          assert.equal(await backend.bufferAppend("t", new Uint8Array([3])), 2);
+          await backend.bufferClear();
+          await backend.close();
+        } finally {
+          const ended = new Promise((resolve) => cluster.once("end", resolve));
+          await cluster.quit().catch(() => cluster.disconnect());
+          await ended;
+        }
+      },
+    );
+  } finally {
+    await closeRaw(raw);
   }
 });
 
