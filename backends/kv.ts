@@ -940,19 +940,43 @@ export class KvBackend implements SharedBackend {
           await this.#io(() => op.commit());
         }
       }
-      // uuid records whose chain record is gone (none, unless written by hand).
+      // uuid records whose chain record does not point back (none, unless
+      // written by hand). A pair that a registrySet wrote since the chains
+      // were listed is whole: its uuid record stays, and the chain record is
+      // checked so that one written meanwhile keeps it too.
       const uuids = await this.#listAll<RegistryRecord>(this.#keys.uuids());
+      const orphans: [
+        Deno.KvEntry<RegistryRecord>,
+        Deno.KvEntryMaybe<
+          RegistryRecord
+        >,
+      ][] = [];
+      for (let i = 0; i < uuids.length; i += KV_LIMITS.getMany) {
+        const some = uuids.slice(i, i + KV_LIMITS.getMany);
+        const chains = await this.#io(() =>
+          this.#kv.getMany<RegistryRecord[]>(
+            some.map(({ value }) => this.#keys.chain(value.c)),
+          )
+        );
+        some.forEach((entry, j) => {
+          const byChain = chains[j]!;
+          if (byChain.value?.u !== entry.value.u) {
+            orphans.push([entry, byChain]);
+          }
+        });
+      }
       for (
         const batch of batches(
-          uuids,
-          Math.min(this.#maxChecks, 500),
-          ({ value }) => 2 * this.#pairKeyBytes(value.u),
+          orphans,
+          Math.floor(this.#maxChecks / 2),
+          ([{ value }]) =>
+            2 * this.#pairKeyBytes(value.u) + this.#pairKeyBytes(value.c),
           KV_LIMITS.commitBytes,
         )
       ) {
         const op = this.#kv.atomic();
-        for (const entry of batch) {
-          op.check(entry).delete(entry.key);
+        for (const [entry, byChain] of batch) {
+          op.check(entry, byChain).delete(entry.key);
         }
         await this.#io(() => op.commit());
       }

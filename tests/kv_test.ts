@@ -737,6 +737,45 @@ Deno.test("KvBackend group commit, limits and retries", async (t) => {
   );
 
   await t.step(
+    "registryClear() racing registrySet() from another backend never leaves a chain without its uuid",
+    async () => {
+      const prefix = `g${tenant++}:`;
+      await using writer = await KvBackend.open({ kvPath: store.path, prefix });
+      await using clearer = await KvBackend.open({
+        kvPath: store.path,
+        prefix,
+      });
+      let n = 0;
+      for (let round = 0; round < 60; round++) {
+        let stop = false;
+        const lanes = Array.from({ length: 8 }, async () => {
+          while (!stop) {
+            const i = n++;
+            await writer.registrySet(`c${i}`, `u${i}`);
+          }
+        });
+        await sleep(5);
+        await clearer.registryClear();
+        stop = true;
+        await Promise.all(lanes);
+        // Every pair written once: whole (both records) or gone (neither).
+        const raw = await rawEntries(store.path, prefix);
+        const chains = raw.filter((e) => e.key[1] === "chain");
+        const uuids = raw.filter((e) => e.key[1] === "uuid");
+        assert.deepEqual(
+          uuids.map((e) => e.key[2]).toSorted(),
+          chains.map((e) => `u${(e.key[2] as string).slice(1)}`).toSorted(),
+          `round ${round}`,
+        );
+      }
+      const all = await writer.registryListAll();
+      for (const [uuid, chain] of all) {
+        assert.equal(await writer.registryGetUuid(chain), uuid);
+      }
+    },
+  );
+
+  await t.step(
     "the tenant's prefix is one key part: a: and a:buffer: keys never share a list",
     async () => {
       await using a = await KvBackend.open({
