@@ -174,6 +174,12 @@ export class RedisBackend implements SharedBackend {
   #watchdog: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
+  /**
+   * Calls waiting on an injected client, each one's early rejection: the
+   * watchdog cannot cut a socket it does not own, and such a client may
+   * never settle a call whose connection dropped (see {@linkcode #guard}).
+   */
+  readonly #abandon = new Set<(error: Error) => void>();
 
   private constructor(
     client: Client,
@@ -641,7 +647,7 @@ export class RedisBackend implements SharedBackend {
   async #call<T>(what: string, run: () => Promise<T>): Promise<T> {
     this.#sent();
     try {
-      return await run();
+      return await this.#guard(run());
     } catch (error) {
       throw this.#failure(`Cannot ${what}`, error, false);
     } finally {
@@ -652,7 +658,7 @@ export class RedisBackend implements SharedBackend {
   /** Bookkeeping of the watchdog: a command was sent. */
   #sent(): void {
     if (this.#awaiting++ === 0) this.#lastProgress = performance.now();
-    if (this.#watchdog === undefined && this.#owned) {
+    if (this.#watchdog === undefined) {
       this.#watchdog = setTimeout(this.#watch, SOCKET_TIMEOUT_MS);
       Deno.unrefTimer(this.#watchdog as unknown as number);
     }
@@ -665,23 +671,56 @@ export class RedisBackend implements SharedBackend {
   }
 
   /**
-   * The watchdog of a connection this backend opened: when commands have
-   * waited {@linkcode SOCKET_TIMEOUT_MS} without any data, the server is
-   * taken for hung and the socket is destroyed: the waiting calls reject and
-   * ioredis reconnects. One timer per backend, re-armed only while commands
-   * wait (cheaper than ioredis' `socketTimeout`, which arms a timer per
-   * round trip).
+   * A reply of an injected client, or an early rejection by the watchdog.
+   * ioredis never settles a command in flight when the connection drops and
+   * comes back within `maxRetriesPerRequest` attempts (its default, 20) with
+   * `autoResendUnfulfilledCommands: false`: without this, such a call (and
+   * `close()`, which waits for appends) would hang forever. A connection
+   * this backend opened needs none of it (`maxRetriesPerRequest: 0`, and the
+   * watchdog cuts its socket).
+   */
+  #guard<T>(reply: Promise<T>): Promise<T> {
+    if (this.#owned) return reply;
+    return new Promise<T>((resolve, reject) => {
+      const abandon = (error: Error) => {
+        this.#abandon.delete(abandon);
+        reject(error);
+      };
+      this.#abandon.add(abandon);
+      reply.then(
+        (value) => {
+          if (this.#abandon.delete(abandon)) resolve(value);
+        },
+        (error) => {
+          if (this.#abandon.delete(abandon)) reject(error);
+        },
+      );
+    });
+  }
+
+  /**
+   * The watchdog: when commands have waited {@linkcode SOCKET_TIMEOUT_MS}
+   * without any data (on an injected client: without any reply to this
+   * backend), the server is taken for hung. A connection this backend opened
+   * has its socket destroyed: the waiting calls reject and ioredis
+   * reconnects. On an injected client, which is not ours to cut, the waiting
+   * calls reject (a late reply is dropped). One timer per backend, re-armed
+   * only while commands wait (cheaper than ioredis' `socketTimeout`, which
+   * arms a timer per round trip).
    */
   #watch = (): void => {
     this.#watchdog = undefined;
     if (this.#awaiting === 0) return;
     const silent = performance.now() - this.#lastProgress;
     if (silent >= SOCKET_TIMEOUT_MS) {
-      const stream = (this.#client as { stream?: { destroy(e: Error): void } })
-        .stream;
-      stream?.destroy(
-        new Error(`no reply within ${SOCKET_TIMEOUT_MS} ms`),
-      );
+      const error = new Error(`no reply within ${SOCKET_TIMEOUT_MS} ms`);
+      if (this.#owned) {
+        const stream =
+          (this.#client as { stream?: { destroy(e: Error): void } }).stream;
+        stream?.destroy(error);
+      } else {
+        for (const abandon of [...this.#abandon]) abandon(error);
+      }
       this.#lastProgress = performance.now();
     }
     this.#watchdog = setTimeout(
@@ -763,7 +802,7 @@ export class RedisBackend implements SharedBackend {
     }
     this.#appendsInFlight++;
     this.#sent();
-    this.#client.xpSbAppend(...args).then(
+    this.#guard(this.#client.xpSbAppend(...args)).then(
       (reply) => {
         this.#replied();
         this.#settleAppends(batch, reply);

@@ -893,3 +893,86 @@ Deno.test("RedisBackend with a server that stops answering (SIGSTOP): calls reje
   assert.deepEqual(slots[index], new Uint8Array([3]));
   await backend.bufferClear();
 });
+
+Deno.test("RedisBackend on an injected ioredis client whose connection fails", async (t) => {
+  await t.step(
+    "calls never hang: an append whose reply was lost on a connection that came back at once, and one sent to a server that stopped answering, both reject within 5 s, and close() resolves",
+    async () => {
+      await using proxy = new ReplyLosingProxy();
+      await using flaky = await startRedisServer({ own: true });
+      await using stopped = await startRedisServer({ own: true });
+      proxy.target = flaky.port;
+      const prefix = `xp-test:${crypto.randomUUID()}:`;
+      const options = {
+        protocol: 2 as const,
+        autoResendUnfulfilledCommands: false,
+      };
+      const clients = [
+        new Redis(`redis://127.0.0.1:${proxy.port}`, options),
+        new Redis(stopped.url, options),
+      ];
+      for (const client of clients) client.on("error", () => {});
+      const raw = rawClient(flaky.url);
+      try {
+        const [lossy, hung] = await Promise.all(
+          clients.map((redisClient) =>
+            RedisBackend.open({ redisClient, prefix })
+          ),
+        );
+        for (const backend of [lossy!, hung!]) {
+          assert.equal(await backend.bufferAppend("t", new Uint8Array([1])), 0);
+        }
+        const settled = <T>(promise: Promise<T>) =>
+          Promise.race([
+            promise.then(
+              (value) => ({ value }),
+              (error: Error) => ({ error }),
+            ),
+            new Promise<"pending">((resolve) => {
+              const timer = setTimeout(() => resolve("pending"), 6_000);
+              promise.catch(() => {}).finally(() => clearTimeout(timer));
+            }),
+          ]);
+        const started = Date.now();
+        // The reply is lost, then the connection comes back at once:
+        // ioredis itself never settles the call.
+        proxy.dropReplies();
+        const lost = settled(lossy!.bufferAppend("t", new Uint8Array([2])));
+        await waitUntil(
+          async () => (await raw.llen(redisKeys(prefix).thread("t"))) === 2,
+          2_000,
+        );
+        proxy.cut();
+        // The server stops answering.
+        Deno.kill(stopped.pid!, "SIGSTOP");
+        let unanswered;
+        try {
+          unanswered = await settled(
+            hung!.bufferAppend("t", new Uint8Array([2])),
+          );
+        } finally {
+          Deno.kill(stopped.pid!, "SIGCONT");
+        }
+        for (const outcome of [await lost, unanswered]) {
+          assert.ok(
+            outcome !== "pending" && "error" in outcome,
+            `not rejected: ${JSON.stringify(outcome)}`,
+          );
+          assert.ok(outcome.error instanceof BackendError);
+          assert.match(
+            outcome.error.message,
+            /may or may not have been applied/,
+          );
+        }
+        assert.ok(Date.now() - started < 5_500, `${Date.now() - started} ms`);
+        assert.equal(await raw.llen(redisKeys(prefix).thread("t")), 2);
+        await lossy!.bufferClear();
+        await hung!.bufferClear();
+        await Promise.all([lossy!.close(), hung!.close()]);
+      } finally {
+        await closeRaw(raw);
+        for (const client of clients) await closeRaw(client);
+      }
+    },
+  );
+});
