@@ -562,10 +562,13 @@ export class RedisBackend implements SharedBackend {
   async ping(): Promise<boolean> {
     this.#enter("ping");
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const reply = this.#client.ping().then(
+    // Watched like any call: a connection that went silent for good (a
+    // half-open socket) is cut and reconnected even if only ping() is used.
+    this.#sent();
+    const reply = this.#guard(this.#client.ping()).then(
       (pong) => pong === "PONG",
       () => false,
-    );
+    ).finally(() => this.#replied());
     try {
       return await Promise.race([
         reply,

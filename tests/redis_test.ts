@@ -894,7 +894,26 @@ Deno.test("RedisBackend with a server that stops answering (SIGSTOP): calls reje
   await backend.bufferClear();
 });
 
-Deno.test("RedisBackend on an injected ioredis client whose connection fails", async (t) => {
+Deno.test("RedisBackend on connections that lose replies or go silent (through a proxy)", async (t) => {
+  await t.step(
+    "ping() alone recovers from a connection that went silent for good (half-open): the watchdog cuts it and the backend reconnects",
+    async () => {
+      await using proxy = new ReplyLosingProxy();
+      await using server = await startRedisServer({ own: true });
+      proxy.target = server.port;
+      await using backend = await RedisBackend.open({
+        redisUrl: `redis://127.0.0.1:${proxy.port}`,
+        prefix: `xp-test:${crypto.randomUUID()}:`,
+      });
+      assert.equal(await backend.ping(), true);
+      proxy.stall();
+      assert.equal(await backend.ping(), false);
+      await waitUntil(() => backend.ping(), 8_000);
+      assert.equal(await backend.bufferAppend("t", new Uint8Array([1])), 0);
+      await backend.bufferClear();
+    },
+  );
+
   await t.step(
     "calls never hang: an append whose reply was lost on a connection that came back at once, and one sent to a server that stopped answering, both reject within 5 s, and close() resolves",
     async () => {

@@ -2,8 +2,10 @@
 // `dropReplies()` keeps forwarding commands to the server but discards what
 // the server sends back; `cut()` then closes every connection open at that
 // moment (the client sees its connection drop after the server applied the
-// command) and forwards normally again. Used by tests/redis_test.ts to lose
-// the reply of a script the server did run, deterministically.
+// command) and forwards normally again. `stall()` makes the connections open
+// now silent for good (a half-open connection: no reply, no close) while new
+// ones work. Used by tests/redis_test.ts to lose the reply of a script the
+// server did run, deterministically.
 
 /** A proxy on a free `127.0.0.1` port; set `target` before clients connect. */
 export class ReplyLosingProxy implements AsyncDisposable {
@@ -12,6 +14,7 @@ export class ReplyLosingProxy implements AsyncDisposable {
   target = 0;
   readonly #listener: Deno.TcpListener;
   readonly #pairs = new Set<[Deno.TcpConn, Deno.TcpConn]>();
+  readonly #stalled = new Set<[Deno.TcpConn, Deno.TcpConn]>();
   readonly #tasks = new Set<Promise<void>>();
   readonly #accepting: Promise<void>;
   #dropping = false;
@@ -25,6 +28,11 @@ export class ReplyLosingProxy implements AsyncDisposable {
   /** From now on, replies of the server are discarded. */
   dropReplies(): void {
     this.#dropping = true;
+  }
+
+  /** The connections open now get no reply any more (new ones do). */
+  stall(): void {
+    for (const pair of this.#pairs) this.#stalled.add(pair);
   }
 
   /** Closes every open connection, then forwards replies again. */
@@ -78,7 +86,7 @@ export class ReplyLosingProxy implements AsyncDisposable {
       while (true) {
         const n = await from.read(buffer);
         if (n === null) break;
-        if (replies && this.#dropping) continue;
+        if (replies && (this.#dropping || this.#stalled.has(pair))) continue;
         let written = 0;
         while (written < n) {
           written += await to.write(buffer.subarray(written, n));
@@ -91,6 +99,7 @@ export class ReplyLosingProxy implements AsyncDisposable {
   }
 
   #closePair(pair: [Deno.TcpConn, Deno.TcpConn]): void {
+    this.#stalled.delete(pair);
     if (!this.#pairs.delete(pair)) return;
     for (const conn of pair) {
       try {
