@@ -364,7 +364,9 @@ export class KvBackend implements SharedBackend {
           keyBytes,
         });
       }
-      const upload = await this.#upload(threadId, slot);
+      // Copied now, before the first await: the caller may reuse its buffer
+      // as soon as this call returns.
+      const upload = await this.#upload(threadId, slot.slice());
       try {
         return await this.#submit({
           threadId,
@@ -1346,7 +1348,7 @@ export class KvBackend implements SharedBackend {
 
   // --------------------------------------------------------- large slots
 
-  /** Writes a large slot's chunks under a fresh upload record. */
+  /** Writes a large slot's chunks (views of `slot`, which the caller must not change) under a fresh upload record. */
   async #upload(
     threadId: string,
     slot: Uint8Array,
@@ -1363,7 +1365,7 @@ export class KvBackend implements SharedBackend {
       for (let n = first; n < Math.min(count, first + perCommit); n++) {
         op.set(
           this.#keys.chunk(threadId, uploadId, n),
-          slot.slice(n * CHUNK_BYTES, (n + 1) * CHUNK_BYTES),
+          slot.subarray(n * CHUNK_BYTES, (n + 1) * CHUNK_BYTES),
         );
       }
       await this.#io(() => op.commit());

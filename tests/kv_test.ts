@@ -597,6 +597,20 @@ Deno.test("KvBackend group commit, limits and retries", async (t) => {
   );
 
   await t.step(
+    "a large slot is copied when bufferAppend() is called: the caller may reuse its buffer at once",
+    async () => {
+      await using backend = await open();
+      const buffer = new Uint8Array(200_000).fill(7);
+      const appended = backend.bufferAppend("t", buffer);
+      buffer.fill(9);
+      assert.equal(await appended, 0);
+      const slot = await backend.bufferGetSlot("t", 0);
+      assert.equal(slot?.byteLength, 200_000);
+      assert.ok(slot.every((byte) => byte === 7), "the slot changed with it");
+    },
+  );
+
+  await t.step(
     "bufferDeleteThread() and bufferClear() reclaim the storage at once, large slots included",
     async () => {
       await using backend = await open({ ttlMs: 60_000 });
