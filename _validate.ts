@@ -13,6 +13,13 @@ export function checkId(name: string, value: unknown): asserts value is string {
       `Invalid ${name}: expected a non-empty string, got ${describe(value)}`,
     );
   }
+  // A lone surrogate has no UTF-8 form: stores would turn it into U+FFFD, so
+  // two different ids could name one key.
+  if (!value.isWellFormed()) {
+    throw new TypeError(
+      `Invalid ${name}: not well-formed Unicode (it holds a lone surrogate)`,
+    );
+  }
   // A UTF-16 code unit encodes to at most 3 UTF-8 bytes: short ids skip the encoding.
   if (value.length * 3 > MAX_ID_BYTES) {
     const bytes = encoder.encode(value).length;

@@ -60,8 +60,8 @@ export interface BackendStats {
  * **Thread registry**: a bijection between dotted call chains
  * (`console.router.greeter`) and opaque uuids.
  *
- * **Ids**: thread ids, chains and uuids are non-empty strings of at most 1024
- * UTF-8 bytes, any characters. An empty or non-string id is a `TypeError`, a
+ * **Ids**: thread ids, chains and uuids are non-empty, well-formed strings of
+ * at most 1024 UTF-8 bytes, any characters (a lone surrogate is refused). An empty or non-string id is a `TypeError`, a
  * longer one a `RangeError`, on reads as on writes; nothing is written on an
  * error.
  *

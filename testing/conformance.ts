@@ -208,6 +208,8 @@ const ID_CASES: string[] = [
 
 const BAD_IDS: [unknown, string][] = [
   ["", "an empty string"],
+  ["a\uD800b", "a lone high surrogate"],
+  ["\uDC00", "a lone low surrogate"],
   [undefined, "undefined"],
   [null, "null"],
   [42, "a number"],
