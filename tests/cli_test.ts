@@ -14,15 +14,11 @@ import {
   ThreadRegistry,
 } from "../mod.ts";
 import { startRedisServer } from "./_redis_server.ts";
+import { denoRun, type ProcessResult } from "./_fixtures/deno_run.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
-const ROOT = new URL("..", import.meta.url).pathname;
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+type Result = ProcessResult;
 
 /** Runs main() in this isolate with the given environment only. */
 async function cli(
@@ -41,24 +37,11 @@ async function cli(
 }
 
 /** Runs the command line as a subprocess: `deno run -A cli.ts ...args`. */
-async function cliProcess(
+function cliProcess(
   args: string[],
   env: Record<string, string> = {},
 ): Promise<Result> {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    env: { NO_COLOR: "1", ...env },
-    clearEnv: true,
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
+  return denoRun(["run", "-A", CLI, ...args], { env, clearEnv: true });
 }
 
 function ok(result: Result): Result {
@@ -626,18 +609,13 @@ Deno.test("an unreachable store exits 3 within 5 s, naming it without the passwo
 });
 
 Deno.test("importing cli.ts runs nothing", async () => {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "eval",
-      `await import(${
-        JSON.stringify(new URL("../cli.ts", import.meta.url).href)
-      });`,
-    ],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
+  const output = await denoRun([
+    "eval",
+    `await import(${
+      JSON.stringify(new URL("../cli.ts", import.meta.url).href)
+    });`,
+  ]);
   assert.equal(output.code, 0);
-  assert.equal(new TextDecoder().decode(output.stdout), "");
-  assert.equal(new TextDecoder().decode(output.stderr), "");
+  assert.equal(output.stdout, "");
+  assert.equal(output.stderr, "");
 });

@@ -11,30 +11,14 @@ import {
 import { playAgents } from "../demo/_agents.ts";
 import { type DemoJournal, verifyStore } from "../demo/verify.ts";
 import { startRedisServer } from "./_redis_server.ts";
+import { denoRun, type ProcessResult } from "./_fixtures/deno_run.ts";
 
 const DEMO = new URL("../demo/main.ts", import.meta.url).pathname;
-const ROOT = new URL("..", import.meta.url).pathname;
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+type Run = ProcessResult;
 
-async function demo(...args: string[]): Promise<Run> {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", DEMO, ...args],
-    env: { NO_COLOR: "1" },
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  return {
-    code,
-    stdout: decoder.decode(stdout),
-    stderr: decoder.decode(stderr),
-  };
+function demo(...args: string[]): Promise<Run> {
+  return denoRun(["run", "-A", DEMO, ...args]);
 }
 
 /** Asserts a run exited 0 with its verified report, and returns the report's fields. */
