@@ -1,18 +1,33 @@
 // Argument checks shared by every backend, so that all of them reject the same
 // inputs with the same errors (contract items 3 and 4) before touching a store.
+// It never reads or writes a store.
+
+import { describe } from "./_messages.ts";
+import type { SharedBackend } from "./protocol.ts";
 
 /** Longest id, in UTF-8 bytes (contract item 4). */
 export const MAX_ID_BYTES = 1024;
 
 const encoder = new TextEncoder();
 
-/** Throws unless `value` is a non-empty string of at most 1024 UTF-8 bytes. */
-export function checkId(name: string, value: unknown): asserts value is string {
-  if (typeof value !== "string" || value.length === 0) {
+/**
+ * Throws a `TypeError` naming `name` unless `value` is a non-empty string:
+ * the one wording of this mistake, wherever it is made.
+ */
+export function checkNonEmptyString(
+  name: string,
+  value: unknown,
+): asserts value is string {
+  if (typeof value !== "string" || value === "") {
     throw new TypeError(
       `Invalid ${name}: expected a non-empty string, got ${describe(value)}`,
     );
   }
+}
+
+/** Throws unless `value` is a non-empty string of at most 1024 UTF-8 bytes. */
+export function checkId(name: string, value: unknown): asserts value is string {
+  checkNonEmptyString(name, value);
   // A lone surrogate has no UTF-8 form: stores would turn it into U+FFFD, so
   // two different ids could name one key.
   if (!value.isWellFormed()) {
@@ -71,14 +86,23 @@ function isNonNegativeInteger(value: unknown): value is number {
   return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
 }
 
-function describe(value: unknown): string {
-  if (typeof value === "string") {
-    return value === "" ? "an empty string" : "a string";
+/**
+ * Throws a `TypeError` naming `name` unless `value` looks like a
+ * {@linkcode SharedBackend} (what the typed layer's constructors take).
+ */
+export function checkBackend(
+  name: string,
+  value: unknown,
+): asserts value is SharedBackend {
+  if (
+    value === null || typeof value !== "object" ||
+    typeof (value as Partial<SharedBackend>).bufferAppend !== "function" ||
+    typeof (value as Partial<SharedBackend>).registrySetIfAbsent !== "function"
+  ) {
+    throw new TypeError(
+      `Invalid ${name}: expected a SharedBackend (see createSharedBackend), got ${
+        describe(value)
+      }`,
+    );
   }
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "an array";
-  if (typeof value === "object") {
-    return `an instance of ${value.constructor?.name ?? "Object"}`;
-  }
-  return `${typeof value} ${String(value)}`;
 }

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { checkNonEmptyString } from "./_validate.ts";
+
 /**
  * Which backend to use and how. Every field is optional; the defaults are in
  * {@linkcode DEFAULT_CONFIG}.
@@ -207,15 +209,8 @@ export function resolveConfig(config: BackendConfig = {}): ResolvedConfig {
     );
   }
   const redisUrl = config.redisUrl ?? DEFAULT_CONFIG.redisUrl;
-  if (typeof redisUrl !== "string" || redisUrl === "") {
-    throw new TypeError("Invalid redisUrl: expected a non-empty string");
-  }
-  if (
-    config.kvPath !== undefined &&
-    (typeof config.kvPath !== "string" || config.kvPath === "")
-  ) {
-    throw new TypeError("Invalid kvPath: expected a non-empty string");
-  }
+  checkNonEmptyString("redisUrl", redisUrl);
+  if (config.kvPath !== undefined) checkNonEmptyString("kvPath", config.kvPath);
   return {
     backendType: type === "manager" ? "kv" : type,
     prefix,

@@ -31,6 +31,8 @@ import { DEFAULT_CONFIG } from "./config.ts";
 import { BackendError } from "./errors.ts";
 import type { SharedBackend } from "./protocol.ts";
 import { deserializeSlot, serializeSlot } from "./serialize.ts";
+import { describe } from "./_messages.ts";
+import { checkBackend, checkNonEmptyString } from "./_validate.ts";
 
 export type { BackendKind, BackendStats, SharedBackend } from "./protocol.ts";
 export { type PruneResult, ThreadRegistry } from "./registry.ts";
@@ -342,14 +344,7 @@ export class ContextBuffer<T = unknown> {
    * ```
    */
   constructor(backend: SharedBackend, options: ContextBufferOptions = {}) {
-    if (
-      backend === null || typeof backend !== "object" ||
-      typeof backend.bufferAppend !== "function"
-    ) {
-      throw new TypeError(
-        "Invalid backend: expected a SharedBackend (see createSharedBackend)",
-      );
-    }
+    checkBackend("backend", backend);
     this.backend = backend;
     this.#maxThreads = options.maxThreads ?? DEFAULT_CONFIG.maxThreads;
     this.#maxSlotsPerThread = options.maxSlotsPerThread ??
@@ -392,20 +387,20 @@ export class ContextBuffer<T = unknown> {
     payload: T,
     options: AppendOptions,
   ): Promise<BufferSlot<T>> {
-    checkString("threadId", threadId);
+    checkNonEmptyString("threadId", threadId);
     if (options === null || typeof options !== "object") {
       throw new TypeError(
         "Invalid options: expected an object with fromId and toId",
       );
     }
     const { fromId, toId, ownName, isSelfCall, usageInstructions } = options;
-    checkString("fromId", fromId);
-    checkString("toId", toId);
+    checkNonEmptyString("fromId", fromId);
+    checkNonEmptyString("toId", toId);
     checkOptional("ownName", ownName, "string");
     checkOptional("isSelfCall", isSelfCall, "boolean");
     checkOptional("usageInstructions", usageInstructions, "string");
     if (options.payloadType !== undefined) {
-      checkString("payloadType", options.payloadType);
+      checkNonEmptyString("payloadType", options.payloadType);
     }
     if (payload === undefined) {
       throw new TypeError(
@@ -551,11 +546,7 @@ export class ContextBuffer<T = unknown> {
     threadId: string,
     payloadType: string,
   ): Promise<readonly BufferSlot<T>[]> {
-    checkString("payloadType", payloadType);
-    const thread = await this.getThread(threadId);
-    return Object.freeze(
-      (thread ?? []).filter((slot) => slot.payloadType === payloadType),
-    );
+    return await this.#matching(threadId, "payloadType", payloadType);
   }
 
   /**
@@ -583,11 +574,7 @@ export class ContextBuffer<T = unknown> {
     threadId: string,
     fromId: string,
   ): Promise<readonly BufferSlot<T>[]> {
-    checkString("fromId", fromId);
-    const thread = await this.getThread(threadId);
-    return Object.freeze(
-      (thread ?? []).filter((slot) => slot.fromId === fromId),
-    );
+    return await this.#matching(threadId, "fromId", fromId);
   }
 
   /**
@@ -697,12 +684,16 @@ export class ContextBuffer<T = unknown> {
       ttlMs: stats.ttlMs,
     };
   }
-}
-
-function checkString(name: string, value: unknown): asserts value is string {
-  if (typeof value !== "string" || value === "") {
-    throw new TypeError(
-      `Invalid ${name}: expected a non-empty string, got ${describe(value)}`,
+  /** The slots of a thread whose `field` equals `value` (one rule for getByType and getFrom). */
+  async #matching(
+    threadId: string,
+    field: "payloadType" | "fromId",
+    value: string,
+  ): Promise<readonly BufferSlot<T>[]> {
+    checkNonEmptyString(field, value);
+    const thread = await this.getThread(threadId);
+    return Object.freeze(
+      (thread ?? []).filter((slot) => slot[field] === value),
     );
   }
 }
@@ -719,13 +710,6 @@ function checkOptional(
       }`,
     );
   }
-}
-
-function describe(value: unknown): string {
-  if (value === "") return "an empty string";
-  if (value === null) return "null";
-  if (typeof value === "object") return "an object";
-  return typeof value;
 }
 
 function toSlot<T>(

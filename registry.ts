@@ -22,6 +22,8 @@
  */
 
 import type { SharedBackend } from "./protocol.ts";
+import { quote } from "./_messages.ts";
+import { checkBackend, checkNonEmptyString } from "./_validate.ts";
 
 /**
  * Where a response goes: the previous hop of the chain, and the uuid of the
@@ -122,14 +124,7 @@ export class ThreadRegistry {
    * ```
    */
   constructor(backend: SharedBackend) {
-    if (
-      backend === null || typeof backend !== "object" ||
-      typeof backend.registrySetIfAbsent !== "function"
-    ) {
-      throw new TypeError(
-        "Invalid backend: expected a SharedBackend (see createSharedBackend)",
-      );
-    }
+    checkBackend("backend", backend);
     this.backend = backend;
   }
 
@@ -462,23 +457,9 @@ export class ThreadRegistry {
   }
 }
 
-function checkNonEmpty(name: string, value: unknown): asserts value is string {
-  if (typeof value !== "string" || value === "") {
-    throw new TypeError(
-      `Invalid ${name}: expected a non-empty string, got ${
-        value === ""
-          ? "an empty string"
-          : value === null
-          ? "null"
-          : typeof value
-      }`,
-    );
-  }
-}
-
 /** Throws unless `value` is one hop: a non-empty string without `.`. */
 function checkHop(name: string, value: unknown): asserts value is string {
-  checkNonEmpty(name, value);
+  checkNonEmptyString(name, value);
   if (value.includes(".")) {
     throw new RangeError(
       `Invalid ${name}: ${
@@ -490,7 +471,7 @@ function checkHop(name: string, value: unknown): asserts value is string {
 
 /** Throws unless `value` is hops joined by `.`, none empty. */
 function checkChain(name: string, value: unknown): asserts value is string {
-  checkNonEmpty(name, value);
+  checkNonEmptyString(name, value);
   const position = value.split(".").indexOf("");
   if (position !== -1) {
     throw new RangeError(
@@ -499,9 +480,4 @@ function checkChain(name: string, value: unknown): asserts value is string {
       } has an empty segment at position ${position}`,
     );
   }
-}
-
-/** The value in quotes, shortened to 80 characters for a message. */
-function quote(value: string): string {
-  return JSON.stringify(value.length > 80 ? `${value.slice(0, 77)}...` : value);
 }

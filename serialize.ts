@@ -94,6 +94,7 @@ import {
   ExtData,
   ExtensionCodec,
 } from "@msgpack/msgpack";
+import { describe } from "./_messages.ts";
 
 /** The MessagePack extension type that carries a `Map`. */
 const _MAP_EXT_TYPE = 1;
@@ -250,7 +251,7 @@ export function serializeSlot(value: unknown): Uint8Array {
 export function deserializeSlot<T = unknown>(data: Uint8Array): T {
   if (!(data instanceof Uint8Array)) {
     throw new TypeError(
-      `deserializeSlot: data must be a Uint8Array, got ${_describe(data)}`,
+      `deserializeSlot: data must be a Uint8Array, got ${describe(data)}`,
     );
   }
   try {
@@ -301,7 +302,7 @@ function _check(
     case "object":
       break;
     default:
-      _fail(TypeError, _describe(value), path);
+      _fail(TypeError, describe(value), path);
   }
   if (value === null) return;
   if (depth >= _MAX_DEPTH) {
@@ -353,7 +354,7 @@ function _check(
   }
   if (value instanceof Uint8Array) return;
   if (value instanceof Date) {
-    if (proto !== Date.prototype) _fail(TypeError, _describe(value), path);
+    if (proto !== Date.prototype) _fail(TypeError, describe(value), path);
     if (Number.isNaN(value.getTime())) {
       _fail(RangeError, "an invalid Date", path);
     }
@@ -373,7 +374,7 @@ function _check(
     }
     return;
   }
-  _fail(TypeError, _describe(value), path);
+  _fail(TypeError, describe(value), path);
 }
 
 function _fail(
@@ -400,27 +401,6 @@ function _formatPath(path: readonly (string | number)[]): string {
     else out += `[${JSON.stringify(part)}]`;
   }
   return out;
-}
-
-function _describe(value: unknown): string {
-  if (value === null) return "null";
-  switch (typeof value) {
-    case "function":
-      return "a function";
-    case "symbol":
-      return "a symbol";
-    case "undefined":
-      return "undefined";
-    case "object": {
-      const name = (value as { constructor?: { name?: unknown } }).constructor
-        ?.name;
-      return `an instance of ${
-        typeof name === "string" && name ? name : "an unknown class"
-      }`;
-    }
-    default:
-      return `a ${typeof value}`;
-  }
 }
 
 // @msgpack/msgpack's Decoder is iterative and has no depth limit, so a few

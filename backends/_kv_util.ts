@@ -45,13 +45,6 @@ export function jitteredDelay(attempt: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-const encoder = new TextEncoder();
-
-/** UTF-8 length of a string (an upper bound of its size in a key). */
-export function bytesOf(text: string): number {
-  return text.length < 256 ? text.length * 3 : encoder.encode(text).length;
-}
-
 /**
  * Bytes a string takes as a key part: its UTF-8 bytes, plus one for each NUL
  * (escaped), plus a type tag and a terminator. Counted without encoding (it

@@ -13,9 +13,6 @@ import type { Buffer } from "node:buffer";
  */
 export const IOREDIS_SPECIFIER = "npm:ioredis@^6.0.0";
 
-/** An argument of a command. */
-export type CommandArg = string | number | Buffer;
-
 /** The ioredis `Redis` (or `Cluster`) methods and fields the backend calls. */
 export interface RedisClientLike {
   readonly status: string;
