@@ -26,6 +26,10 @@ import {
   type ThreadSlots,
 } from "./_memory_slots.ts";
 
+// What this entry point's signatures name, so that it documents alone (JSR).
+export type { BackendConfig } from "../config.ts";
+export type { BackendKind, BackendStats, SharedBackend } from "../protocol.ts";
+
 /**
  * Options of {@linkcode InMemoryBackend}: the config (its connection fields
  * are ignored), plus a clock for tests.
