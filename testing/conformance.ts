@@ -34,6 +34,11 @@ import {
 } from "../errors.ts";
 import type { SharedBackend } from "../protocol.ts";
 
+// The types this module's signatures name, so that its documentation is whole
+// when `./testing` is read alone.
+export type { BackendConfig } from "../config.ts";
+export type { BackendKind, BackendStats, SharedBackend } from "../protocol.ts";
+
 /**
  * How the suite opens backends of the implementation under test.
  *
