@@ -1,10 +1,10 @@
-// The inspector (cli.ts): every command against real stores (a temporary KV
+// The inspector (cli/main.ts): every command against real stores (a temporary KV
 // file, a real redis-server, memory where it means something), in this
 // isolate through main() and as a subprocess through the command line; its
 // usage errors, unreachable stores and --help.
 
 import assert from "node:assert/strict";
-import { type CliIo, EXIT_CODES, main } from "../cli.ts";
+import { type CliIo, EXIT_CODES, main } from "../cli/main.ts";
 import {
   type BackendConfig,
   ContextBuffer,
@@ -16,7 +16,7 @@ import {
 import { startRedisServer } from "./_redis_server.ts";
 import { denoRun, type ProcessResult } from "./_fixtures/deno_run.ts";
 
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
+const CLI = new URL("../cli/main.ts", import.meta.url).pathname;
 
 type Result = ProcessResult;
 
@@ -36,7 +36,7 @@ async function cli(
   return { code, stdout, stderr };
 }
 
-/** Runs the command line as a subprocess: `deno run -A cli.ts ...args`. */
+/** Runs the command line as a subprocess: `deno run -A cli/main.ts ...args`. */
 function cliProcess(
   args: string[],
   env: Record<string, string> = {},
@@ -608,11 +608,11 @@ Deno.test("an unreachable store exits 3 within 5 s, naming it without the passwo
   });
 });
 
-Deno.test("importing cli.ts runs nothing", async () => {
+Deno.test("importing cli/main.ts runs nothing", async () => {
   const output = await denoRun([
     "eval",
     `await import(${
-      JSON.stringify(new URL("../cli.ts", import.meta.url).href)
+      JSON.stringify(new URL("../cli/main.ts", import.meta.url).href)
     });`,
   ]);
   assert.equal(output.code, 0);
