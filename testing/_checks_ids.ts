@@ -9,6 +9,7 @@
 // another check having run.
 
 import assert from "node:assert/strict";
+import { describe } from "../_messages.ts";
 import {
   assertEmpty,
   BAD_IDS,
@@ -146,7 +147,7 @@ export const ID_CHECKS: Check[] = [
         await assert.rejects(
           b.bufferAppend("t", slot as Loose),
           (e: unknown) => e instanceof TypeError && /slot/.test(e.message),
-          `slot ${Object.prototype.toString.call(slot)}`,
+          `slot ${describe(slot)}`,
         );
       }
       await assert.rejects(

@@ -30,6 +30,7 @@
 // holds no check: each section's checks live in `_checks_<section>.ts`, the
 // fixtures they share in `_fixtures.ts`.
 
+import { delay } from "../_async.ts";
 import type { BackendConfig } from "../config.ts";
 import { BackendClosedError } from "../errors.ts";
 import type { SharedBackend } from "../protocol.ts";
@@ -253,7 +254,7 @@ function timeControl(harness: ConformanceHarness): TimeControl {
     now: () => performance.now(),
     async until(at) {
       const wait = at - performance.now();
-      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      if (wait > 0) await delay(wait);
     },
   };
 }
