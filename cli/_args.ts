@@ -3,7 +3,7 @@
 // environment, opens a store or prints: main() does.
 
 import { parseArgs } from "node:util";
-import { errorMessage } from "../_messages.ts";
+import { errorMessage, quote } from "../_messages.ts";
 import { usageError } from "./_errors.ts";
 
 /**
@@ -224,7 +224,7 @@ export function parseCommandLine(args: string[]): Parsed {
   }
   if (!Object.hasOwn(COMMANDS, name)) {
     throw usageError(
-      `Unknown command ${JSON.stringify(name)}: expected one of ${
+      `Unknown command ${quote(name)}: expected one of ${
         COMMAND_NAMES.join(", ")
       }`,
     );
@@ -250,7 +250,7 @@ export function parseCommandLine(args: string[]): Parsed {
     throw usageError(
       wanted === 0
         ? `${command} takes no arguments, got ${
-          rest.map((a) => JSON.stringify(a)).join(" ")
+          rest.map((a) => quote(a)).join(" ")
         }`
         : rest.length === 0
         ? `${command} needs a <${spec.argument}>`

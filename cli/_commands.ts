@@ -3,7 +3,7 @@
 // never parses the command line, opens or closes a store, or prints: main() does.
 
 import type { SharedBackend } from "../protocol.ts";
-import { errorMessage } from "../_messages.ts";
+import { errorMessage, quote } from "../_messages.ts";
 import { deserializeSlot } from "../serialize.ts";
 import type { ArgumentOf, Command, FlagValuesOf, Invocation } from "./_args.ts";
 import { CliError, usageError } from "./_errors.ts";
@@ -64,7 +64,7 @@ export function runCommand(
 ): Promise<Output> {
   const under = where.prefix === null
     ? `in ${where.store}`
-    : `under prefix ${JSON.stringify(where.prefix)} of ${where.store}`;
+    : `under prefix ${quote(where.prefix)} of ${where.store}`;
   // The parser gave `command` the argument and flags of its own spec.
   const run = RUN[command] as Run<Command>;
   return run({ backend, argument, flags, where, under });
@@ -134,10 +134,7 @@ async function show(
   const end = index("--end", flags.end);
   const length = await backend.bufferThreadLen(threadId);
   if (length === 0) {
-    throw new CliError(
-      "notFound",
-      `no thread ${JSON.stringify(threadId)} ${under}`,
-    );
+    throw new CliError("notFound", `no thread ${quote(threadId)} ${under}`);
   }
   const [slots, chain] = await Promise.all([
     backend.bufferGetRange(threadId, start, end),
@@ -181,9 +178,7 @@ function index(flag: string, text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(Number(text))) {
     throw usageError(
-      `Invalid ${flag}: expected a non-negative integer, got ${
-        JSON.stringify(text)
-      }`,
+      `Invalid ${flag}: expected a non-negative integer, got ${quote(text)}`,
     );
   }
   return Number(text);
@@ -211,7 +206,7 @@ async function chain(
   if (uuid === null) {
     throw new CliError(
       "notFound",
-      `chain ${JSON.stringify(chain)} is not registered ${under}`,
+      `chain ${quote(chain)} is not registered ${under}`,
     );
   }
   return { text: `${uuid}\n`, json: { chain, uuid } };
@@ -224,7 +219,7 @@ async function uuid(
   if (chain === null) {
     throw new CliError(
       "notFound",
-      `uuid ${JSON.stringify(uuid)} is not registered ${under}`,
+      `uuid ${quote(uuid)} is not registered ${under}`,
     );
   }
   return { text: `${chain}\n`, json: { uuid, chain } };
@@ -235,10 +230,7 @@ async function deleteThread(
 ): Promise<Output> {
   const slots = await backend.bufferThreadLen(threadId);
   if (!(await backend.bufferDeleteThread(threadId))) {
-    throw new CliError(
-      "notFound",
-      `no thread ${JSON.stringify(threadId)} ${under}`,
-    );
+    throw new CliError("notFound", `no thread ${quote(threadId)} ${under}`);
   }
   return {
     text: `deleted thread ${printable(threadId)} (${number(slots)} slots)\n`,

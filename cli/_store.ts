@@ -2,7 +2,8 @@
 // given, the store's name for messages (without its password), and opening
 // it. It never reads the process's environment itself and never prints.
 
-import { errorMessage } from "../_messages.ts";
+import { checkNonEmptyString } from "../_validate.ts";
+import { errorMessage, quote } from "../_messages.ts";
 import {
   type BackendConfig,
   configFromEnv,
@@ -31,7 +32,7 @@ export function storeConfig(
     if (!BACKEND_FLAG_VALUES.includes(backend)) {
       throw usageError(
         `Invalid --backend: expected memory, kv or redis, got ${
-          JSON.stringify(backend)
+          quote(backend)
         }`,
       );
     }
@@ -46,8 +47,12 @@ export function storeConfig(
   ) {
     const value = flags[flag];
     if (value === undefined) continue;
-    if (value === "" && flag !== "prefix") {
-      throw usageError(`Invalid --${flag}: expected a non-empty value`);
+    if (flag !== "prefix") {
+      try {
+        checkNonEmptyString(`--${flag}`, value);
+      } catch (error) {
+        throw usageError(errorMessage(error));
+      }
     }
     config[option] = value;
   }
