@@ -34,7 +34,7 @@ export interface RedisClientLike {
   lindexBuffer(key: string, index: number): Promise<Buffer | null>;
 }
 
-/** The options of a connection the backend opens (see `CLIENT_OPTIONS` in `redis.ts`). */
+/** The options of a connection the backend opens (see `CLIENT_OPTIONS` in `_redis_connection.ts`). */
 export interface RedisClientOptions {
   protocol: 2 | 3;
   lazyConnect: boolean;

@@ -336,13 +336,18 @@ const SCRIPTS: Record<
 /** The append script's source, for baselines and `redis-benchmark`. */
 export const APPEND_SCRIPT: string = APPEND;
 
+/** A client the scripts are registered on (see {@linkcode defineScripts}). */
+export type ScriptClient = RedisClientLike & ScriptCommands;
+
 /**
  * Registers the scripts on a client (idempotent; the names start with
  * `xpSb` so they do not clash with a caller's own commands).
+ *
+ * @returns The same client, typed with the script commands.
  */
-export function defineScripts(
-  client: Pick<RedisClientLike, "defineCommand">,
-): void {
+export function defineScripts<C extends Pick<RedisClientLike, "defineCommand">>(
+  client: C,
+): C & ScriptCommands {
   for (const [name, { lua, numberOfKeys }] of Object.entries(SCRIPTS)) {
     if (typeof (client as Record<string, unknown>)[name] === "function") {
       continue;
@@ -352,4 +357,5 @@ export function defineScripts(
       numberOfKeys === undefined ? { lua } : { lua, numberOfKeys },
     );
   }
+  return client as C & ScriptCommands;
 }

@@ -40,38 +40,38 @@
  * @module
  */
 
+// This file owns the public class: argument checks, the closed state, and
+// one command or script call per protocol method, and the coalescing of
+// appends into append script calls. Its moving parts live
+// beside it, one room each:
+//   _redis_connection.ts  opening or adopting the connection, the watchdog
+//                         that cuts a silent one, failure messages, ending
+//   _redis_scripts.ts     the Lua scripts (every mutation is one)
+//   _redis_keys.ts        the key layout of a tenant
+//   _redis_client.ts      the part of the ioredis API used, declared (no import)
+// It must never import ioredis, not even a type: the connection loads it
+// when a backend connects.
+
 import { Buffer } from "node:buffer";
+import { withTimeout } from "../_async.ts";
 import { type BackendConfig, resolveConfig } from "../config.ts";
 import {
   BackendClosedError,
-  BackendError,
   SlotLimitError,
   ThreadLimitError,
 } from "../errors.ts";
 import type { BackendStats, SharedBackend } from "../protocol.ts";
 import { checkId, checkRange, checkSlot, isSlotIndex } from "../_validate.ts";
+import { RedisConnection } from "./_redis_connection.ts";
 import { type RedisKeys, redisKeys } from "./_redis_keys.ts";
-import {
-  IOREDIS_SPECIFIER,
-  type IoredisModule,
-  type RedisClientLike,
-  type RedisClientOptions,
-} from "./_redis_client.ts";
-import { defineScripts, type ScriptCommands } from "./_redis_scripts.ts";
+import { defineScripts, type ScriptClient } from "./_redis_scripts.ts";
 
+// What this entry point's signatures name, so that it documents alone (JSR).
+export type { BackendConfig } from "../config.ts";
 export type { BackendKind, BackendStats, SharedBackend } from "../protocol.ts";
 
-/** How long `open()` waits for a server to answer before it rejects. */
-const CONNECT_TIMEOUT_MS = 4_000;
 /** How long `ping()` waits before it resolves `false`. */
 const PING_TIMEOUT_MS = 2_000;
-/**
- * How long a connection may stay silent (no data at all) while a reply is due
- * before it is dropped (the waiting calls reject) and reconnected.
- */
-const SOCKET_TIMEOUT_MS = 4_000;
-/** How long `close()` waits for `QUIT` and the socket's end before it cuts the connection. */
-const CLOSE_TIMEOUT_MS = 2_000;
 /** Most append script calls of one backend on the wire at once. */
 const MAX_APPENDS_IN_FLIGHT = 2;
 /** Most slots in one append script call (Lua's `unpack` limit is about 8000). */
@@ -79,35 +79,14 @@ const MAX_BATCH_SLOTS = 1_024;
 /** Most bytes of slots in one append script call (one bigger slot goes alone). */
 const MAX_BATCH_BYTES = 8 * 1024 * 1024;
 
-/**
- * The ioredis options of a connection this backend opens itself. The ones
- * that make the no-replay guarantee: no offline queue (a call made while
- * disconnected rejects at once, nothing sent), no resending of commands in
- * flight when the connection drops, no retry per request.
- */
-const CLIENT_OPTIONS: RedisClientOptions = {
-  // No `socketTimeout`: the backend's own watchdog (see #watch) does that job
-  // with one timer per backend instead of one per round trip.
-  // RESP2: our scripts reply with integers, strings and flat arrays, the same
-  // in RESP2 and RESP3; RESP2 saves the HELLO handshake and works through
-  // proxies that refuse HELLO. Pinned so that an ioredis upgrade cannot
-  // change the wire protocol under us.
-  protocol: 2,
-  lazyConnect: true,
-  enableOfflineQueue: false,
-  autoResendUnfulfilledCommands: false,
-  maxRetriesPerRequest: 0,
-  connectTimeout: CONNECT_TIMEOUT_MS,
-  retryStrategy: (times: number) => Math.min(100 * times, 1_000),
-};
-
-type Client = RedisClientLike & ScriptCommands;
-
 interface PendingAppend {
   slot: Buffer;
   resolve: (index: number) => void;
   reject: (error: unknown) => void;
 }
+
+/** A batch: threads, each with its appends in call order. */
+type Batch = [threadId: string, appends: PendingAppend[]][];
 
 /**
  * A {@linkcode SharedBackend} on Redis, for agents on many machines. Open it
@@ -150,9 +129,10 @@ export class RedisBackend implements SharedBackend {
   /** Always `"redis"`. */
   readonly kind = "redis" as const;
 
-  readonly #client: Client;
-  readonly #owned: boolean;
-  readonly #endpoint: string;
+  /** The connection every command goes through (watched; failures worded). */
+  readonly #connection: RedisConnection;
+  /** The connection's client, with the scripts defined on it. */
+  readonly #client: ScriptClient;
   readonly #keys: RedisKeys;
   readonly #ttlMs: number;
   readonly #maxSlotBytes: number;
@@ -164,32 +144,20 @@ export class RedisBackend implements SharedBackend {
   #queue = new Map<string, PendingAppend[]>();
   #flushScheduled = false;
   /** Append script calls on the wire. */
-  #appendsInFlight = 0;
+  #inFlight = 0;
+  /** Set by close(): every queued append goes out at once. */
+  #draining = false;
   /** Called when no append is on the wire any more (close() waits with it). */
   #onDrained: (() => void) | undefined;
-  /** Commands of this backend awaiting a reply (for the watchdog). */
-  #awaiting = 0;
-  /** When the last reply arrived, or the first awaited command was sent (`performance.now()`). */
-  #lastProgress = 0;
-  #watchdog: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
-  /**
-   * Calls waiting on an injected client, each one's early rejection: the
-   * watchdog cannot cut a socket it does not own, and such a client may
-   * never settle a call whose connection dropped (see {@linkcode #guard}).
-   */
-  readonly #abandon = new Set<(error: Error) => void>();
 
   private constructor(
-    client: Client,
-    owned: boolean,
-    endpoint: string,
+    connection: RedisConnection,
     config: ReturnType<typeof resolveConfig>,
   ) {
-    this.#client = client;
-    this.#owned = owned;
-    this.#endpoint = endpoint;
+    this.#connection = connection;
+    this.#client = defineScripts(connection.client);
     this.#keys = redisKeys(config.prefix);
     this.#ttlMs = config.ttlMs;
     this.#maxSlotBytes = config.maxSlotBytes;
@@ -197,21 +165,7 @@ export class RedisBackend implements SharedBackend {
     this.#maxThreads = config.maxThreads;
     this.#appendArgs =
       `${config.ttlMs} ${config.maxSlotsPerThread} ${config.maxThreads}`;
-    if (owned) {
-      // The watchdog counts any data as progress (a long reply arrives in
-      // chunks): listen to each connection's socket, the first and every
-      // reconnected one.
-      const listen = () =>
-        (client as { stream?: { on(event: "data", f: () => void): void } })
-          .stream?.on("data", this.#progress);
-      listen();
-      client.on("ready", listen);
-    }
   }
-
-  #progress = (): void => {
-    this.#lastProgress = performance.now();
-  };
 
   /**
    * Connects to Redis and returns the backend once the server answers.
@@ -245,73 +199,11 @@ export class RedisBackend implements SharedBackend {
    */
   static async open(config: BackendConfig = {}): Promise<RedisBackend> {
     const resolved = resolveConfig({ ...config, backendType: "redis" });
-    if (resolved.redisClient !== undefined && resolved.redisClient !== null) {
-      const client = checkClient(resolved.redisClient);
-      const endpoint = describeClient(client);
-      // The caller's client may queue commands until it connects: check that
-      // it answers now rather than let the first call hang.
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      try {
-        await Promise.race([
-          client.ping(),
-          new Promise((_, reject) => {
-            timer = setTimeout(
-              () =>
-                reject(new Error(`no answer within ${CONNECT_TIMEOUT_MS} ms`)),
-              CONNECT_TIMEOUT_MS,
-            );
-          }),
-        ]);
-      } catch (error) {
-        throw new BackendError(
-          `Cannot use the redisClient for ${endpoint}: ${messageOf(error)}`,
-          { cause: error },
-        );
-      } finally {
-        clearTimeout(timer);
-      }
-      defineScripts(client);
-      return new RedisBackend(client, false, endpoint, resolved);
-    }
-    const endpoint = describeUrl(resolved.redisUrl);
-    // A specifier in a variable: not part of the module graph, so importing this
-    // module never loads (or lists) ioredis; it loads when a backend connects.
-    const specifier: string = IOREDIS_SPECIFIER;
-    const { Redis } = await import(specifier) as IoredisModule;
-    const client = new Redis(resolved.redisUrl, CLIENT_OPTIONS) as Client;
-    let lastError: Error | undefined;
-    // Without a listener ioredis prints every connection error; calls report them instead.
-    client.on("error", (error) => {
-      lastError = error instanceof Error ? error : new Error(String(error));
-    });
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    try {
-      await Promise.race([
-        client.connect(),
-        new Promise((_, reject) => {
-          timer = setTimeout(
-            () =>
-              reject(
-                new Error(`no answer within ${CONNECT_TIMEOUT_MS} ms`),
-              ),
-            CONNECT_TIMEOUT_MS,
-          );
-        }),
-      ]);
-    } catch (error) {
-      await endConnection(client, false);
-      const cause = lastError ?? error;
-      throw new BackendError(
-        `Cannot connect to Redis at ${endpoint}: ${
-          redact(messageOf(cause), resolved.redisUrl)
-        }`,
-        { cause },
-      );
-    } finally {
-      clearTimeout(timer);
-    }
-    defineScripts(client);
-    return new RedisBackend(client, true, endpoint, resolved);
+    const connection =
+      resolved.redisClient !== undefined && resolved.redisClient !== null
+        ? await RedisConnection.adopt(resolved.redisClient)
+        : await RedisConnection.open(resolved.redisUrl);
+    return new RedisBackend(connection, resolved);
   }
 
   /** {@inheritDoc SharedBackend.bufferAppend} */
@@ -326,20 +218,16 @@ export class RedisBackend implements SharedBackend {
     return new Promise<number>((resolve, reject) => {
       // A copy: the caller may change its array before the call is sent.
       const pending = { slot: toBuffer(slot), resolve, reject };
-      if (
-        this.#queue.size === 0 && this.#appendsInFlight < MAX_APPENDS_IN_FLIGHT
-      ) {
+      if (this.#queue.size === 0 && this.#inFlight < MAX_APPENDS_IN_FLIGHT) {
         // Nothing is waiting: send it now, alone (no latency added).
-        this.#sendAppends([[threadId, [pending]]]);
+        this.#send([[threadId, [pending]]]);
         return;
       }
       // Calls are on the wire: wait for one of them, then go in the next batch.
       const queued = this.#queue.get(threadId);
       if (queued === undefined) this.#queue.set(threadId, [pending]);
       else queued.push(pending);
-      if (
-        !this.#flushScheduled && this.#appendsInFlight < MAX_APPENDS_IN_FLIGHT
-      ) {
+      if (!this.#flushScheduled && this.#inFlight < MAX_APPENDS_IN_FLIGHT) {
         this.#flushScheduled = true;
         queueMicrotask(() => {
           this.#flushScheduled = false;
@@ -561,24 +449,14 @@ export class RedisBackend implements SharedBackend {
    */
   async ping(): Promise<boolean> {
     this.#enter("ping");
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    // Watched like any call: a connection that went silent for good (a
-    // half-open socket) is cut and reconnected even if only ping() is used.
-    this.#sent();
-    const reply = this.#guard(this.#client.ping()).then(
+    // Sent like any command, under the connection's watchdog: a connection
+    // that went silent for good (a half-open socket) is cut and reconnected
+    // even if only ping() is used.
+    const reply = this.#connection.send(() => this.#client.ping()).then(
       (pong) => pong === "PONG",
       () => false,
-    ).finally(() => this.#replied());
-    try {
-      return await Promise.race([
-        reply,
-        new Promise<boolean>((resolve) => {
-          timer = setTimeout(() => resolve(false), PING_TIMEOUT_MS);
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
+    );
+    return await withTimeout(reply, PING_TIMEOUT_MS, () => false);
   }
 
   /** {@inheritDoc SharedBackend.stats} */
@@ -613,13 +491,12 @@ export class RedisBackend implements SharedBackend {
     if (this.#closing !== undefined) return this.#closing;
     this.#closed = true;
     this.#closing = (async () => {
+      this.#draining = true;
       this.#flush(Infinity);
-      if (this.#appendsInFlight > 0) {
+      if (this.#inFlight > 0) {
         await new Promise<void>((resolve) => this.#onDrained = resolve);
       }
-      clearTimeout(this.#watchdog);
-      this.#watchdog = undefined;
-      if (this.#owned) await endConnection(this.#client, true);
+      await this.#connection.close();
     })();
     return this.#closing;
   }
@@ -648,113 +525,11 @@ export class RedisBackend implements SharedBackend {
 
   /** Runs one command, turning a store failure into a {@linkcode BackendError}. */
   async #call<T>(what: string, run: () => Promise<T>): Promise<T> {
-    this.#sent();
     try {
-      return await this.#guard(run());
+      return await this.#connection.send(run);
     } catch (error) {
-      throw this.#failure(`Cannot ${what}`, error, false);
-    } finally {
-      this.#replied();
+      throw this.#connection.failure(`Cannot ${what}`, error, false);
     }
-  }
-
-  /** Bookkeeping of the watchdog: a command was sent. */
-  #sent(): void {
-    if (this.#awaiting++ === 0) this.#lastProgress = performance.now();
-    if (this.#watchdog === undefined) {
-      this.#watchdog = setTimeout(this.#watch, SOCKET_TIMEOUT_MS);
-      Deno.unrefTimer(this.#watchdog as unknown as number);
-    }
-  }
-
-  /** Bookkeeping of the watchdog: a reply (or a failure) arrived. */
-  #replied(): void {
-    this.#awaiting--;
-    this.#lastProgress = performance.now();
-  }
-
-  /**
-   * A reply of an injected client, or an early rejection by the watchdog.
-   * ioredis never settles a command in flight when the connection drops and
-   * comes back within `maxRetriesPerRequest` attempts (its default, 20) with
-   * `autoResendUnfulfilledCommands: false`: without this, such a call (and
-   * `close()`, which waits for appends) would hang forever. A connection
-   * this backend opened needs none of it (`maxRetriesPerRequest: 0`, and the
-   * watchdog cuts its socket).
-   */
-  #guard<T>(reply: Promise<T>): Promise<T> {
-    if (this.#owned) return reply;
-    return new Promise<T>((resolve, reject) => {
-      const abandon = (error: Error) => {
-        this.#abandon.delete(abandon);
-        reject(error);
-      };
-      this.#abandon.add(abandon);
-      reply.then(
-        (value) => {
-          if (this.#abandon.delete(abandon)) resolve(value);
-        },
-        (error) => {
-          if (this.#abandon.delete(abandon)) reject(error);
-        },
-      );
-    });
-  }
-
-  /**
-   * The watchdog: when commands have waited {@linkcode SOCKET_TIMEOUT_MS}
-   * without any data (on an injected client: without any reply to this
-   * backend), the server is taken for hung. A connection this backend opened
-   * has its socket destroyed: the waiting calls reject and ioredis
-   * reconnects. On an injected client, which is not ours to cut, the waiting
-   * calls reject (a late reply is dropped). One timer per backend, re-armed
-   * only while commands wait (cheaper than ioredis' `socketTimeout`, which
-   * arms a timer per round trip).
-   */
-  #watch = (): void => {
-    this.#watchdog = undefined;
-    if (this.#awaiting === 0) return;
-    const silent = performance.now() - this.#lastProgress;
-    if (silent >= SOCKET_TIMEOUT_MS) {
-      const error = new Error(`no reply within ${SOCKET_TIMEOUT_MS} ms`);
-      if (this.#owned) {
-        const stream =
-          (this.#client as { stream?: { destroy(e: Error): void } }).stream;
-        stream?.destroy(error);
-      } else {
-        for (const abandon of [...this.#abandon]) abandon(error);
-      }
-      this.#lastProgress = performance.now();
-    }
-    this.#watchdog = setTimeout(
-      this.#watch,
-      Math.max(1, SOCKET_TIMEOUT_MS - (performance.now() - this.#lastProgress)),
-    );
-    Deno.unrefTimer(this.#watchdog as unknown as number);
-  };
-
-  #failure(action: string, error: unknown, mutation: boolean): BackendError {
-    const message = messageOf(error);
-    let state: string;
-    if (/enableOfflineQueue/.test(message)) {
-      // ioredis refused to send: the connection is down and we keep no offline queue.
-      state =
-        `not connected to Redis at ${this.#endpoint} (it reconnects by itself); nothing was sent`;
-    } else if (
-      /max retries per request|Connection is closed|Socket timeout|no reply|aborted|ECONNRESET|EPIPE|ETIMEDOUT|closed/i
-        .test(message)
-    ) {
-      // The command was written; its reply never came.
-      state =
-        `the connection to Redis at ${this.#endpoint} was lost before the reply${
-          mutation
-            ? "; it may or may not have been applied, and it is not retried"
-            : ""
-        }`;
-    } else {
-      state = `Redis at ${this.#endpoint} failed: ${message}`;
-    }
-    return new BackendError(`${action}: ${state}`, { cause: error });
   }
 
   /**
@@ -763,8 +538,8 @@ export class RedisBackend implements SharedBackend {
    * {@linkcode MAX_BATCH_SLOTS} slots and {@linkcode MAX_BATCH_BYTES} bytes.
    */
   #flush(limit: number): void {
-    while (this.#queue.size > 0 && this.#appendsInFlight < limit) {
-      const batch: [string, PendingAppend[]][] = [];
+    while (this.#queue.size > 0 && this.#inFlight < limit) {
+      const batch: Batch = [];
       let slots = 0;
       let bytes = 0;
       for (const [threadId, queued] of this.#queue) {
@@ -787,12 +562,12 @@ export class RedisBackend implements SharedBackend {
           break;
         }
       }
-      this.#sendAppends(batch);
+      this.#send(batch);
     }
   }
 
   /** Sends one append script call for a batch; settles every append in it. */
-  #sendAppends(batch: [string, PendingAppend[]][]): void {
+  #send(batch: Batch): void {
     const args: (string | number | Buffer)[] = [batch.length + 1];
     args.push(this.#keys.threads);
     for (const [threadId] of batch) args.push(this.#keys.thread(threadId));
@@ -803,33 +578,28 @@ export class RedisBackend implements SharedBackend {
     for (const [, queued] of batch) {
       for (const pending of queued) args.push(pending.slot);
     }
-    this.#appendsInFlight++;
-    this.#sent();
-    this.#guard(this.#client.xpSbAppend(...args)).then(
+    this.#inFlight++;
+    this.#connection.send(() => this.#client.xpSbAppend(...args)).then(
       (reply) => {
-        this.#replied();
-        this.#settleAppends(batch, reply);
-        this.#appendDone();
+        this.#settle(batch, reply);
+        this.#done();
       },
       (error) => {
-        this.#replied();
         for (const [threadId, queued] of batch) {
-          const failure = this.#failure(
+          const failure = this.#connection.failure(
             `Cannot append to thread ${JSON.stringify(threadId)}`,
             error,
             true,
           );
           for (const pending of queued) pending.reject(failure);
         }
-        this.#appendDone();
+        this.#done();
       },
     );
   }
 
-  #settleAppends(
-    batch: [string, PendingAppend[]][],
-    reply: number | number[],
-  ): void {
+  /** Settles the appends of a batch from the append script's reply. */
+  #settle(batch: Batch, reply: number | number[]): void {
     for (let i = 0; i < batch.length; i++) {
       const [threadId, queued] = batch[i]!;
       const result = typeof reply === "number" ? reply : reply[i]!;
@@ -852,137 +622,22 @@ export class RedisBackend implements SharedBackend {
     }
   }
 
-  #appendDone(): void {
-    this.#appendsInFlight--;
+  /** A call left the wire: send what waits, and tell close() when none is left. */
+  #done(): void {
+    this.#inFlight--;
     if (this.#queue.size > 0) {
-      this.#flush(this.#closed ? Infinity : MAX_APPENDS_IN_FLIGHT);
+      this.#flush(this.#draining ? Infinity : MAX_APPENDS_IN_FLIGHT);
     }
-    if (this.#appendsInFlight === 0 && this.#onDrained !== undefined) {
+    if (this.#inFlight === 0 && this.#onDrained !== undefined) {
       this.#onDrained();
       this.#onDrained = undefined;
     }
   }
 }
 
-/** Ends a connection this backend opened: QUIT (when `graceful`), then wait for the socket's end. */
-async function endConnection(
-  client: RedisClientLike,
-  graceful: boolean,
-): Promise<void> {
-  const status = client.status;
-  if (status === "end") return;
-  if (status === "reconnecting" || status === "close") {
-    // No socket is open: disconnect() only cancels the reconnect timer (and emits nothing).
-    client.disconnect();
-    return;
-  }
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const ended = new Promise<void>((resolve) => {
-    client.once("end", () => resolve());
-  });
-  const cut = () => {
-    client.disconnect();
-    // disconnect() only half-closes: a server that never answers keeps the socket open.
-    (client as { stream?: { destroy(): void } }).stream?.destroy();
-  };
-  if (graceful && status === "ready") {
-    // quit() resolves on the server's OK, before the socket closes: wait for "end" too.
-    client.quit().catch(cut);
-  } else {
-    cut();
-  }
-  await Promise.race([
-    ended,
-    new Promise<void>((resolve) => {
-      timer = setTimeout(() => {
-        cut();
-        resolve();
-      }, CLOSE_TIMEOUT_MS);
-    }),
-  ]);
-  clearTimeout(timer);
-}
-
-function checkClient(value: unknown): Client {
-  const client = value as Partial<RedisClientLike> & {
-    options?: Record<string, unknown> & {
-      redisOptions?: Record<string, unknown>;
-    };
-  };
-  if (
-    typeof value !== "object" || typeof client.defineCommand !== "function" ||
-    typeof client.lrangeBuffer !== "function"
-  ) {
-    throw new TypeError(
-      "Invalid redisClient: expected an ioredis Redis or Cluster client",
-    );
-  }
-  const options = client.options?.redisOptions ?? client.options ?? {};
-  if (options.autoResendUnfulfilledCommands !== false) {
-    throw new TypeError(
-      "Invalid redisClient: it resends commands in flight after a reconnect, which could apply an append twice; create it with { autoResendUnfulfilledCommands: false }",
-    );
-  }
-  // A Cluster sends a command again, after `retryDelayOnFailover` ms, when
-  // its node's connection closed before the reply ("Connection is closed."):
-  // the server may have run it already. (MOVED, ASK, TRYAGAIN and CLUSTERDOWN
-  // replies, which it also retries, mean that the command did not run.)
-  if (
-    (client.options?.retryDelayOnFailover as number | undefined ?? 0) > 0
-  ) {
-    throw new TypeError(
-      "Invalid redisClient: this Cluster resends a command whose connection closed before the reply (retryDelayOnFailover), which could apply an append twice; create it with { retryDelayOnFailover: 0, redisOptions: { autoResendUnfulfilledCommands: false } }",
-    );
-  }
-  return value as Client;
-}
-
-function describeClient(client: RedisClientLike): string {
-  const options = client.options as
-    | { host?: string; port?: number }
-    | undefined;
-  if (options?.host !== undefined) {
-    return `${options.host}:${options.port ?? 6379}`;
-  }
-  const node = (client as { startupNodes?: unknown[] }).startupNodes?.[0] as
-    | { host?: string; port?: number }
-    | undefined;
-  return node?.host !== undefined
-    ? `${node.host}:${node.port ?? 6379} (cluster)`
-    : "the redisClient's server";
-}
-
-/** `host:port` of a Redis URL, for messages (never the password). */
-function describeUrl(url: string): string {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw new TypeError(
-      "Invalid redisUrl: expected a redis:// or rediss:// URL",
-    );
-  }
-  if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") {
-    throw new TypeError(
-      `Invalid redisUrl: expected a redis:// or rediss:// URL, got a ${parsed.protocol} URL`,
-    );
-  }
-  return `${parsed.hostname || "localhost"}:${parsed.port || "6379"}`;
-}
-
-/** Removes the URL's password from a message, should a message quote it. */
-function redact(message: string, url: string): string {
-  let password = "";
-  try {
-    password = decodeURIComponent(new URL(url).password);
-  } catch {
-    // not a URL: nothing to redact
-  }
-  return password === "" ? message : message.split(password).join("***");
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+/** A plain `Uint8Array` copy of a Node `Buffer` reply. */
+function toUint8Array(buffer: Uint8Array): Uint8Array {
+  return new Uint8Array(buffer);
 }
 
 /** A `Buffer` copy of a slot: ioredis sends Buffers as bytes (a plain `Uint8Array` it would stringify). */
@@ -991,9 +646,4 @@ function toBuffer(slot: Uint8Array): Buffer {
   const copy = Buffer.allocUnsafe(slot.byteLength);
   copy.set(slot);
   return copy;
-}
-
-/** A plain `Uint8Array` copy of a Node `Buffer` reply. */
-function toUint8Array(buffer: Uint8Array): Uint8Array {
-  return new Uint8Array(buffer);
 }
