@@ -41,27 +41,23 @@
  */
 
 // This file owns the public class: argument checks, the closed state, and
-// one command or script call per protocol method, and the coalescing of
-// appends into append script calls. Its moving parts live
+// one command or script call per protocol method. Its moving parts live
 // beside it, one room each:
 //   _redis_connection.ts  opening or adopting the connection, the watchdog
 //                         that cuts a silent one, failure messages, ending
+//   _redis_appends.ts     coalescing appends into append script calls
 //   _redis_scripts.ts     the Lua scripts (every mutation is one)
 //   _redis_keys.ts        the key layout of a tenant
 //   _redis_client.ts      the part of the ioredis API used, declared (no import)
 // It must never import ioredis, not even a type: the connection loads it
 // when a backend connects.
 
-import { Buffer } from "node:buffer";
 import { withTimeout } from "../_async.ts";
 import { type BackendConfig, resolveConfig } from "../config.ts";
-import {
-  BackendClosedError,
-  SlotLimitError,
-  ThreadLimitError,
-} from "../errors.ts";
+import { BackendClosedError } from "../errors.ts";
 import type { BackendStats, SharedBackend } from "../protocol.ts";
 import { checkId, checkRange, checkSlot, isSlotIndex } from "../_validate.ts";
+import { RedisAppender } from "./_redis_appends.ts";
 import { RedisConnection } from "./_redis_connection.ts";
 import { type RedisKeys, redisKeys } from "./_redis_keys.ts";
 import { defineScripts, type ScriptClient } from "./_redis_scripts.ts";
@@ -72,21 +68,6 @@ export type { BackendKind, BackendStats, SharedBackend } from "../protocol.ts";
 
 /** How long `ping()` waits before it resolves `false`. */
 const PING_TIMEOUT_MS = 2_000;
-/** Most append script calls of one backend on the wire at once. */
-const MAX_APPENDS_IN_FLIGHT = 2;
-/** Most slots in one append script call (Lua's `unpack` limit is about 8000). */
-const MAX_BATCH_SLOTS = 1_024;
-/** Most bytes of slots in one append script call (one bigger slot goes alone). */
-const MAX_BATCH_BYTES = 8 * 1024 * 1024;
-
-interface PendingAppend {
-  slot: Buffer;
-  resolve: (index: number) => void;
-  reject: (error: unknown) => void;
-}
-
-/** A batch: threads, each with its appends in call order. */
-type Batch = [threadId: string, appends: PendingAppend[]][];
 
 /**
  * A {@linkcode SharedBackend} on Redis, for agents on many machines. Open it
@@ -133,22 +114,11 @@ export class RedisBackend implements SharedBackend {
   readonly #connection: RedisConnection;
   /** The connection's client, with the scripts defined on it. */
   readonly #client: ScriptClient;
+  /** Sends the appends, coalesced into script calls. */
+  readonly #appender: RedisAppender;
   readonly #keys: RedisKeys;
   readonly #ttlMs: number;
   readonly #maxSlotBytes: number;
-  readonly #maxSlotsPerThread: number;
-  readonly #maxThreads: number;
-  /** The first ARGV of the append script: "ttlMs maxSlotsPerThread maxThreads". */
-  readonly #appendArgs: string;
-  /** Appends not sent yet, by thread, in call order. */
-  #queue = new Map<string, PendingAppend[]>();
-  #flushScheduled = false;
-  /** Append script calls on the wire. */
-  #inFlight = 0;
-  /** Set by close(): every queued append goes out at once. */
-  #draining = false;
-  /** Called when no append is on the wire any more (close() waits with it). */
-  #onDrained: (() => void) | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -161,10 +131,14 @@ export class RedisBackend implements SharedBackend {
     this.#keys = redisKeys(config.prefix);
     this.#ttlMs = config.ttlMs;
     this.#maxSlotBytes = config.maxSlotBytes;
-    this.#maxSlotsPerThread = config.maxSlotsPerThread;
-    this.#maxThreads = config.maxThreads;
-    this.#appendArgs =
-      `${config.ttlMs} ${config.maxSlotsPerThread} ${config.maxThreads}`;
+    this.#appender = new RedisAppender({
+      connection,
+      client: this.#client,
+      keys: this.#keys,
+      ttlMs: config.ttlMs,
+      maxSlotsPerThread: config.maxSlotsPerThread,
+      maxThreads: config.maxThreads,
+    });
   }
 
   /**
@@ -215,26 +189,7 @@ export class RedisBackend implements SharedBackend {
     } catch (error) {
       return Promise.reject(error);
     }
-    return new Promise<number>((resolve, reject) => {
-      // A copy: the caller may change its array before the call is sent.
-      const pending = { slot: toBuffer(slot), resolve, reject };
-      if (this.#queue.size === 0 && this.#inFlight < MAX_APPENDS_IN_FLIGHT) {
-        // Nothing is waiting: send it now, alone (no latency added).
-        this.#send([[threadId, [pending]]]);
-        return;
-      }
-      // Calls are on the wire: wait for one of them, then go in the next batch.
-      const queued = this.#queue.get(threadId);
-      if (queued === undefined) this.#queue.set(threadId, [pending]);
-      else queued.push(pending);
-      if (!this.#flushScheduled && this.#inFlight < MAX_APPENDS_IN_FLIGHT) {
-        this.#flushScheduled = true;
-        queueMicrotask(() => {
-          this.#flushScheduled = false;
-          this.#flush(MAX_APPENDS_IN_FLIGHT);
-        });
-      }
-    });
+    return this.#appender.append(threadId, slot);
   }
 
   /** {@inheritDoc SharedBackend.bufferGetThread} */
@@ -491,11 +446,7 @@ export class RedisBackend implements SharedBackend {
     if (this.#closing !== undefined) return this.#closing;
     this.#closed = true;
     this.#closing = (async () => {
-      this.#draining = true;
-      this.#flush(Infinity);
-      if (this.#inFlight > 0) {
-        await new Promise<void>((resolve) => this.#onDrained = resolve);
-      }
+      await this.#appender.drain();
       await this.#connection.close();
     })();
     return this.#closing;
@@ -531,119 +482,9 @@ export class RedisBackend implements SharedBackend {
       throw this.#connection.failure(`Cannot ${what}`, error, false);
     }
   }
-
-  /**
-   * Sends queued appends as script calls, while fewer than `limit` are on the
-   * wire. Each call takes whole threads from the front of the queue, up to
-   * {@linkcode MAX_BATCH_SLOTS} slots and {@linkcode MAX_BATCH_BYTES} bytes.
-   */
-  #flush(limit: number): void {
-    while (this.#queue.size > 0 && this.#inFlight < limit) {
-      const batch: Batch = [];
-      let slots = 0;
-      let bytes = 0;
-      for (const [threadId, queued] of this.#queue) {
-        let take = 0;
-        while (
-          take < queued.length && slots < MAX_BATCH_SLOTS &&
-          (slots === 0 ||
-            bytes + queued[take]!.slot.byteLength <= MAX_BATCH_BYTES)
-        ) {
-          bytes += queued[take]!.slot.byteLength;
-          slots++;
-          take++;
-        }
-        if (take === 0) break;
-        if (take === queued.length) {
-          this.#queue.delete(threadId);
-          batch.push([threadId, queued]);
-        } else {
-          batch.push([threadId, queued.splice(0, take)]);
-          break;
-        }
-      }
-      this.#send(batch);
-    }
-  }
-
-  /** Sends one append script call for a batch; settles every append in it. */
-  #send(batch: Batch): void {
-    const args: (string | number | Buffer)[] = [batch.length + 1];
-    args.push(this.#keys.threads);
-    for (const [threadId] of batch) args.push(this.#keys.thread(threadId));
-    args.push(this.#appendArgs);
-    if (batch.length > 1) {
-      for (const [, queued] of batch) args.push(String(queued.length));
-    }
-    for (const [, queued] of batch) {
-      for (const pending of queued) args.push(pending.slot);
-    }
-    this.#inFlight++;
-    this.#connection.send(() => this.#client.xpSbAppend(...args)).then(
-      (reply) => {
-        this.#settle(batch, reply);
-        this.#done();
-      },
-      (error) => {
-        for (const [threadId, queued] of batch) {
-          const failure = this.#connection.failure(
-            `Cannot append to thread ${JSON.stringify(threadId)}`,
-            error,
-            true,
-          );
-          for (const pending of queued) pending.reject(failure);
-        }
-        this.#done();
-      },
-    );
-  }
-
-  /** Settles the appends of a batch from the append script's reply. */
-  #settle(batch: Batch, reply: number | number[]): void {
-    for (let i = 0; i < batch.length; i++) {
-      const [threadId, queued] = batch[i]!;
-      const result = typeof reply === "number" ? reply : reply[i]!;
-      if (result === -1) {
-        const error = new ThreadLimitError(threadId, this.#maxThreads);
-        for (const pending of queued) pending.reject(error);
-        continue;
-      }
-      // See the append script: r >= 0 all appended from r; r <= -2 only -r - 2.
-      const taken = result >= 0 ? queued.length : -result - 2;
-      const start = result >= 0 ? result : this.#maxSlotsPerThread - taken;
-      for (let k = 0; k < queued.length; k++) {
-        if (k < taken) queued[k]!.resolve(start + k);
-        else {
-          queued[k]!.reject(
-            new SlotLimitError(threadId, this.#maxSlotsPerThread),
-          );
-        }
-      }
-    }
-  }
-
-  /** A call left the wire: send what waits, and tell close() when none is left. */
-  #done(): void {
-    this.#inFlight--;
-    if (this.#queue.size > 0) {
-      this.#flush(this.#draining ? Infinity : MAX_APPENDS_IN_FLIGHT);
-    }
-    if (this.#inFlight === 0 && this.#onDrained !== undefined) {
-      this.#onDrained();
-      this.#onDrained = undefined;
-    }
-  }
 }
 
 /** A plain `Uint8Array` copy of a Node `Buffer` reply. */
 function toUint8Array(buffer: Uint8Array): Uint8Array {
   return new Uint8Array(buffer);
-}
-
-/** A `Buffer` copy of a slot: ioredis sends Buffers as bytes (a plain `Uint8Array` it would stringify). */
-function toBuffer(slot: Uint8Array): Buffer {
-  // allocUnsafe + set: about 10x cheaper than Buffer.from(slot) in Deno; every byte is overwritten.
-  const copy = Buffer.allocUnsafe(slot.byteLength);
-  copy.set(slot);
-  return copy;
 }
