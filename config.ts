@@ -92,6 +92,25 @@ export interface BackendConfig {
    * @default {undefined}
    */
   redisClient?: unknown;
+  /**
+   * How long, in milliseconds, a call is retried through lost replies,
+   * reconnects, failovers and a locked database before it rejects with a
+   * `BackendError` (that says whether the write was applied, when that is
+   * known). Appends and registry writes are idempotent, so a retry never
+   * applies one twice. 0: no retries.
+   *
+   * @default {10000}
+   */
+  retryTimeoutMs?: number;
+  /**
+   * Redis only: a write is acknowledged once this many replicas hold it
+   * (`WAIT` after the write); if they do not confirm within
+   * `retryTimeoutMs`, the call rejects saying so. Memory and KV ignore it
+   * (a KV commit is durable once acknowledged).
+   *
+   * @default {0}
+   */
+  durableReplicas?: number;
 }
 
 /**
@@ -113,6 +132,8 @@ export const DEFAULT_CONFIG: Readonly<{
   maxSlotsPerThread: number;
   maxThreads: number;
   maxSlotBytes: number;
+  retryTimeoutMs: number;
+  durableReplicas: number;
 }> = Object.freeze({
   backendType: "memory",
   prefix: "xp:",
@@ -121,6 +142,8 @@ export const DEFAULT_CONFIG: Readonly<{
   maxSlotsPerThread: 10_000,
   maxThreads: 1_000,
   maxSlotBytes: 4 * 1024 * 1024,
+  retryTimeoutMs: 10_000,
+  durableReplicas: 0,
 });
 
 /**
@@ -158,9 +181,23 @@ export interface ResolvedConfig {
   kv: Deno.Kv | undefined;
   /** See {@linkcode BackendConfig.redisClient}. */
   redisClient: unknown;
+  /** See {@linkcode BackendConfig.retryTimeoutMs}. */
+  retryTimeoutMs: number;
+  /** See {@linkcode BackendConfig.durableReplicas}. */
+  durableReplicas: number;
 }
 
 const BACKEND_TYPES = ["memory", "kv", "redis", "manager"] as const;
+
+/** The numeric options: their environment variable and their least value. */
+const NUMBER_OPTIONS = [
+  ["ttlMs", "XP_TTL_MS", 0],
+  ["maxSlotsPerThread", "XP_MAX_SLOTS_PER_THREAD", 1],
+  ["maxThreads", "XP_MAX_THREADS", 1],
+  ["maxSlotBytes", "XP_MAX_SLOT_BYTES", 0],
+  ["retryTimeoutMs", "XP_RETRY_TIMEOUT_MS", 0],
+  ["durableReplicas", "XP_DURABLE_REPLICAS", 0],
+] as const;
 
 function checkCount(name: string, value: number, min: number): number {
   if (
@@ -211,39 +248,26 @@ export function resolveConfig(config: BackendConfig = {}): ResolvedConfig {
   const redisUrl = config.redisUrl ?? DEFAULT_CONFIG.redisUrl;
   checkNonEmptyString("redisUrl", redisUrl);
   if (config.kvPath !== undefined) checkNonEmptyString("kvPath", config.kvPath);
+  const numbers = {} as Record<NumberOption, number>;
+  for (const [option, , min] of NUMBER_OPTIONS) {
+    numbers[option] = checkCount(
+      option,
+      config[option] ?? DEFAULT_CONFIG[option],
+      min,
+    );
+  }
   return {
     backendType: type === "manager" ? "kv" : type,
     prefix,
-    ttlMs: checkCount("ttlMs", config.ttlMs ?? DEFAULT_CONFIG.ttlMs, 0),
     redisUrl,
     kvPath: config.kvPath,
-    maxSlotsPerThread: checkCount(
-      "maxSlotsPerThread",
-      config.maxSlotsPerThread ?? DEFAULT_CONFIG.maxSlotsPerThread,
-      1,
-    ),
-    maxThreads: checkCount(
-      "maxThreads",
-      config.maxThreads ?? DEFAULT_CONFIG.maxThreads,
-      1,
-    ),
-    maxSlotBytes: checkCount(
-      "maxSlotBytes",
-      config.maxSlotBytes ?? DEFAULT_CONFIG.maxSlotBytes,
-      0,
-    ),
+    ...numbers,
     kv: config.kv,
     redisClient: config.redisClient,
   };
 }
 
-/** The environment variables {@linkcode configFromEnv} reads, by option. */
-const ENV_NUMBERS = [
-  ["XP_TTL_MS", "ttlMs"],
-  ["XP_MAX_SLOTS_PER_THREAD", "maxSlotsPerThread"],
-  ["XP_MAX_THREADS", "maxThreads"],
-  ["XP_MAX_SLOT_BYTES", "maxSlotBytes"],
-] as const;
+type NumberOption = typeof NUMBER_OPTIONS[number][0];
 
 /**
  * Reads a config from environment variables. Unset (or empty) variables are
@@ -259,11 +283,15 @@ const ENV_NUMBERS = [
  * | `XP_MAX_SLOTS_PER_THREAD` | `maxSlotsPerThread` |
  * | `XP_MAX_THREADS` | `maxThreads` |
  * | `XP_MAX_SLOT_BYTES` | `maxSlotBytes` |
+ * | `XP_RETRY_TIMEOUT_MS` | `retryTimeoutMs` |
+ * | `XP_DURABLE_REPLICAS` | `durableReplicas` |
  *
+ * `XP_PREFIX` set to an empty string is an error (unset it for the default
+ * prefix; an empty prefix can be given in code).
  * @param env The variables; default: `Deno.env.toObject()` (needs `--allow-env`).
  * @returns The config the variables describe.
  * @throws {TypeError} `XP_BACKEND` names no backend.
- * @throws {RangeError} A number variable is not a non-negative integer; the message names the variable.
+ * @throws {RangeError} A number variable is not an integer in its option's range, or `XP_PREFIX` is empty; the message names the variable.
  *
  * @example
  * ```ts
@@ -295,19 +323,29 @@ export function configFromEnv(
     }
     config.backendType = backend as BackendConfig["backendType"] & string;
   }
+  if (vars.XP_PREFIX === "") {
+    throw new RangeError(
+      `Invalid XP_PREFIX: empty; unset it for the default prefix (${
+        JSON.stringify(DEFAULT_CONFIG.prefix)
+      }), or pass prefix: "" in code`,
+    );
+  }
   const prefix = get("XP_PREFIX");
   if (prefix !== undefined) config.prefix = prefix;
   const redisUrl = get("XP_REDIS_URL") ?? get("REDIS_URL");
   if (redisUrl !== undefined) config.redisUrl = redisUrl;
   const kvPath = get("XP_KV_PATH");
   if (kvPath !== undefined) config.kvPath = kvPath;
-  for (const [name, option] of ENV_NUMBERS) {
+  for (const [option, name, min] of NUMBER_OPTIONS) {
     const text = get(name);
     if (text === undefined) continue;
     const value = Number(text.trim());
-    if (!/^\s*\d+\s*$/.test(text) || !Number.isSafeInteger(value)) {
+    if (
+      !/^\s*\d+\s*$/.test(text) || !Number.isSafeInteger(value) ||
+      value < min
+    ) {
       throw new RangeError(
-        `Invalid ${name}: expected a non-negative integer, got ${
+        `Invalid ${name}: expected an integer >= ${min}, got ${
           JSON.stringify(text)
         }`,
       );

@@ -192,6 +192,50 @@ Deno.test("configFromEnv()", async (t) => {
   });
 
   await t.step(
+    "a value below its option's least value is a RangeError naming the variable, not the option",
+    () => {
+      for (const name of ["XP_MAX_THREADS", "XP_MAX_SLOTS_PER_THREAD"]) {
+        assert.throws(
+          () => configFromEnv({ [name]: "0" }),
+          (e) =>
+            e instanceof RangeError &&
+            e.message.startsWith(`Invalid ${name}: expected an integer >= 1`),
+          name,
+        );
+      }
+      assert.equal(configFromEnv({ XP_TTL_MS: "0" }).ttlMs, 0);
+    },
+  );
+
+  await t.step(
+    "XP_PREFIX set to an empty string is a RangeError, never silently the default prefix",
+    () => {
+      assert.throws(
+        () => configFromEnv({ XP_PREFIX: "" }),
+        (e) => e instanceof RangeError && /XP_PREFIX/.test(e.message),
+      );
+      assert.equal(configFromEnv({ XP_PREFIX: "a:" }).prefix, "a:");
+    },
+  );
+
+  await t.step(
+    "XP_RETRY_TIMEOUT_MS and XP_DURABLE_REPLICAS set retryTimeoutMs and durableReplicas",
+    () => {
+      assert.deepEqual(
+        configFromEnv({
+          XP_RETRY_TIMEOUT_MS: "2500",
+          XP_DURABLE_REPLICAS: "1",
+        }),
+        { retryTimeoutMs: 2_500, durableReplicas: 1 },
+      );
+      assert.throws(
+        () => configFromEnv({ XP_DURABLE_REPLICAS: "-1" }),
+        /XP_DURABLE_REPLICAS/,
+      );
+    },
+  );
+
+  await t.step(
     "an unknown XP_BACKEND is a TypeError naming it; manager is an alias of kv",
     () => {
       assert.throws(
@@ -224,6 +268,8 @@ Deno.test("DEFAULT_CONFIG holds the contract's defaults", () => {
     maxSlotsPerThread: 10_000,
     maxThreads: 1_000,
     maxSlotBytes: 4_194_304,
+    retryTimeoutMs: 10_000,
+    durableReplicas: 0,
   });
   assert.deepEqual(resolveConfig(), {
     ...DEFAULT_CONFIG,
