@@ -1,7 +1,9 @@
-// The Deno KV key layout of the kv backend, in one place. Every key starts with
-// the tenant's prefix as ONE key part, so prefixes that are prefixes of each
-// other as strings ("a:" and "a:buffer:") are unrelated keys, and one tenant's
-// `kv.list({ prefix: [prefix, ...] })` never reaches another tenant's keys.
+// Owns the kv backend's key layout, record shapes and key sizes; never reads or writes a KV.
+//
+// Every key starts with the tenant's prefix as ONE key part, so prefixes that
+// are prefixes of each other as strings ("a:" and "a:buffer:") are unrelated
+// keys, and one tenant's `kv.list({ prefix: [prefix, ...] })` never reaches
+// another tenant's keys.
 //
 // | key                                        | value                                   |
 // | ------------------------------------------ | --------------------------------------- |
@@ -16,10 +18,12 @@
 // | [p, "chain", chain]                        | RegistryRecord                           |
 // | [p, "uuid", uuid]                          | RegistryRecord (the same pair)           |
 //
-// "exp" is the expiry index the sweep walks in key order (see kv.ts): second is
+// "exp" is the expiry index the sweep walks in key order (see _kv_sweep.ts): second is
 // the pair's or generation's expiry time in whole seconds, or 0 for a
 // generation already dead (deleted, cleared, expired, replaced) whose slots
 // are still to be reclaimed; then the value is its length.
+
+import { keyPartBytes, MAX_KEY_BYTES } from "./_kv_util.ts";
 
 /** A thread's head: the one record every append to the thread checks and rewrites. */
 export interface ThreadHead {
@@ -65,12 +69,57 @@ export function expirySecond(expiresAt: number): number {
   return Math.floor(expiresAt / 1000);
 }
 
-/** Key builders of one tenant. */
+/** Whether a head or registry record with expiry time `expiresAt` (0: never) is live at `now`. */
+export function isLive(expiresAt: number, now: number): boolean {
+  return expiresAt === 0 || expiresAt > now;
+}
+
+/** The expiry time of a record written at `now` with a sliding `ttlMs` (0: never). */
+export function expiryFrom(now: number, ttlMs: number): number {
+  return ttlMs > 0 ? now + ttlMs : 0;
+}
+
+/** Key builders of one tenant, and the sizes of its keys. */
 export class KvKeys {
   readonly prefix: string;
+  /** Bytes of the prefix as a key part. */
+  readonly #prefixBytes: number;
   constructor(prefix: string) {
     this.prefix = prefix;
+    this.#prefixBytes = keyPartBytes(prefix);
   }
+
+  /**
+   * Most bytes any key of a thread takes: the longest is a blobref (prefix,
+   * id, two 16-digit ids, and tags). What commits are sized by.
+   */
+  threadKeyBytes(threadId: string): number {
+    return this.#prefixBytes + keyPartBytes(threadId) + 50;
+  }
+
+  /**
+   * Whether a thread's keys fit Deno KV's key limit. A long prefix with a
+   * long id, or an id of many NULs (escaped to 2 bytes each), may not: such a
+   * thread is refused before anything is written (so it cannot fail the
+   * other appends of a group commit), and reads as absent.
+   */
+  threadFits(threadId: string): boolean {
+    const fast = (this.prefix.length + threadId.length) * 6 + 50;
+    if (fast <= MAX_KEY_BYTES) return true;
+    return this.threadKeyBytes(threadId) <= MAX_KEY_BYTES;
+  }
+
+  /** Most bytes a registry key of a chain or uuid takes. */
+  pairKeyBytes(id: string): number {
+    return this.#prefixBytes + keyPartBytes(id) + 30;
+  }
+
+  /** Whether a chain's or uuid's registry keys fit Deno KV's key limit. */
+  pairFits(id: string): boolean {
+    const fast = (this.prefix.length + id.length) * 6 + 30;
+    return fast <= MAX_KEY_BYTES || this.pairKeyBytes(id) <= MAX_KEY_BYTES;
+  }
+
   heads(): Deno.KvKey {
     return [this.prefix, "head"];
   }

@@ -1,5 +1,6 @@
-// Small helpers of the kv backend: Deno KV's limits as named constants,
-// contention detection and backoff.
+// Owns Deno KV's limits as named constants and the kv backend's small pure helpers (contention, backoff, ids, batching); never touches a KV.
+
+import { delay } from "../_async.ts";
 
 /** Deno KV's limits on one atomic commit, as measured on Deno 2.9. */
 export const KV_LIMITS = Object.freeze({
@@ -41,8 +42,35 @@ export function isContention(error: unknown): boolean {
 
 /** Waits a random time in [0, min(50, 2^attempt)) ms: jitter spreads the retries of racing writers. */
 export function jitteredDelay(attempt: number): Promise<void> {
-  const ms = Math.random() * Math.min(50, 2 ** attempt);
-  return new Promise((resolve) => setTimeout(resolve, ms));
+  return delay(Math.random() * Math.min(50, 2 ** attempt));
+}
+
+/**
+ * Splits items into runs of at most `max` items whose weights sum to at most
+ * `budget` (an item heavier than the budget goes alone): the commits that a
+ * long list of deletes or checks is cut into.
+ */
+export function batches<T>(
+  items: readonly T[],
+  max: number,
+  weight: (item: T) => number,
+  budget: number,
+): T[][] {
+  const runs: T[][] = [];
+  let run: T[] = [];
+  let total = 0;
+  for (const item of items) {
+    const w = weight(item);
+    if (run.length > 0 && (run.length >= max || total + w > budget)) {
+      runs.push(run);
+      run = [];
+      total = 0;
+    }
+    run.push(item);
+    total += w;
+  }
+  if (run.length > 0) runs.push(run);
+  return runs;
 }
 
 /**
