@@ -1,0 +1,286 @@
+// Owns the kv backend's registry records (the chain <-> uuid pair under two keys); never lets a commit break the bijection, never touches buffer keys.
+
+import { BackendError } from "../errors.ts";
+import {
+  expiryFrom,
+  expirySecond,
+  isLive,
+  type RegistryRecord,
+} from "./_kv_keys.ts";
+import type { KvStore } from "./_kv_store.ts";
+import { pairIndexKey } from "./_kv_sweep.ts";
+import { batches, CONFLICT, KV_LIMITS, MAX_KEY_BYTES } from "./_kv_util.ts";
+
+/** Registry keys also get `expireIn` = ttl + this, a backstop for a prefix never used again. */
+const EXPIRE_IN_GRACE_MS = 60_000;
+
+/**
+ * One tenant's registry pairs: each stored under its chain and its uuid,
+ * every write checking what it read, so the two directions always agree.
+ * Expiry is logical (a record past its expiry time reads as absent); the
+ * sweep has expired pairs deleted through {@linkcode KvRegistry.expire}.
+ */
+export class KvRegistry {
+  readonly #store: KvStore;
+  readonly #ttlMs: number;
+
+  constructor(store: KvStore, ttlMs: number) {
+    this.#store = store;
+    this.#ttlMs = ttlMs;
+  }
+
+  /**
+   * Refuses a pair whose keys would not fit Deno KV's key limit.
+   *
+   * @throws {BackendError} The message names both ids (shortened).
+   */
+  checkFits(chain: string, uuid: string): void {
+    for (const id of [chain, uuid]) {
+      if (!this.#store.keys.pairFits(id)) {
+        throw new BackendError(
+          `Cannot map chain ${JSON.stringify(chain.slice(0, 40))} to uuid ${
+            JSON.stringify(uuid.slice(0, 40))
+          }: their Deno KV keys would exceed the ${MAX_KEY_BYTES} bytes allowed; use a shorter prefix or id`,
+        );
+      }
+    }
+  }
+
+  /**
+   * Maps `chain` to `uuid` both ways, unmapping in the same commit whatever
+   * either mapped to before; with `ifAbsent`, only if `chain` is unmapped.
+   *
+   * @returns The uuid `chain` maps to afterwards.
+   */
+  async map(chain: string, uuid: string, ifAbsent: boolean): Promise<string> {
+    const { kv, keys } = this.#store;
+    return await this.#store.retryOnConflict(
+      `Cannot map chain ${JSON.stringify(chain)} to uuid ${
+        JSON.stringify(uuid)
+      }`,
+      async () => {
+        const [byChain, byUuid] = await kv.getMany<
+          [RegistryRecord, RegistryRecord]
+        >([keys.chain(chain), keys.uuid(uuid)]);
+        const now = Date.now();
+        const old = byChain.value;
+        if (ifAbsent && old !== null && isLive(old.e, now)) return old.u;
+        const taken = byUuid.value;
+        // The other ends of the pairs this one replaces (expired ones too).
+        const [oldUuid, takenChain] = await kv.getMany<
+          [RegistryRecord, RegistryRecord]
+        >([
+          keys.uuid(old?.u ?? uuid),
+          keys.chain(taken?.c ?? chain),
+        ]);
+        const op = kv.atomic().check(byChain, byUuid, oldUuid, takenChain);
+        // Deleted first, then written: mutations apply in order.
+        if (old !== null) this.#deletePair(op, old, old, oldUuid.value);
+        if (taken !== null) {
+          this.#deletePair(op, taken, takenChain.value, taken);
+        }
+        const expiresAt = expiryFrom(now, this.#ttlMs);
+        const record: RegistryRecord = { c: chain, u: uuid, e: expiresAt };
+        const options = expiresAt === 0
+          ? undefined
+          : { expireIn: this.#ttlMs + EXPIRE_IN_GRACE_MS };
+        op.set(keys.chain(chain), record, options);
+        op.set(keys.uuid(uuid), record, options);
+        const indexed = pairIndexKey(keys, chain, expiresAt);
+        if (indexed !== undefined) op.set(indexed, null);
+        return (await op.commit()).ok ? uuid : CONFLICT;
+      },
+    );
+  }
+
+  /** The live uuid of `chain`, or `null`. */
+  async uuidOf(chain: string): Promise<string | null> {
+    return (await this.#live(chain, this.#store.keys.chain(chain)))?.u ?? null;
+  }
+
+  /** The live chain of `uuid`, or `null`. */
+  async chainOf(uuid: string): Promise<string | null> {
+    return (await this.#live(uuid, this.#store.keys.uuid(uuid)))?.c ?? null;
+  }
+
+  /**
+   * Unmaps `uuid` both ways.
+   *
+   * @returns `true` if it was mapped (and live).
+   */
+  async delete(uuid: string): Promise<boolean> {
+    const { kv, keys } = this.#store;
+    if (!keys.pairFits(uuid)) return false;
+    return await this.#store.retryOnConflict(
+      `Cannot delete uuid ${JSON.stringify(uuid)}`,
+      async () => {
+        const byUuid = await kv.get<RegistryRecord>(keys.uuid(uuid));
+        const record = byUuid.value;
+        if (record === null || !isLive(record.e, Date.now())) return false;
+        const byChain = await kv.get<RegistryRecord>(keys.chain(record.c));
+        const op = kv.atomic().check(byUuid, byChain);
+        this.#deletePair(op, record, byChain.value, record);
+        return (await op.commit()).ok ? true : CONFLICT;
+      },
+    );
+  }
+
+  /** Every live pair, uuid to chain. */
+  async listAll(): Promise<Map<string, string>> {
+    const now = Date.now();
+    const all = new Map<string, string>();
+    const records = await this.#store.listAll<RegistryRecord>(
+      this.#store.keys.uuids(),
+    );
+    for (const { value } of records) {
+      if (isLive(value.e, now)) all.set(value.u, value.c);
+    }
+    return all;
+  }
+
+  /** How many pairs are live at `now`. */
+  async count(now: number): Promise<number> {
+    let live = 0;
+    const records = await this.#store.listAll<RegistryRecord>(
+      this.#store.keys.chains(),
+    );
+    for (const { value } of records) {
+      if (isLive(value.e, now)) live++;
+    }
+    return live;
+  }
+
+  /** Removes every pair of this prefix (and no other's). */
+  async clear(): Promise<void> {
+    const { kv, keys } = this.#store;
+    // A pair's chain record changes whenever the pair does (a registrySet
+    // that takes its uuid deletes it), so checking it makes each removal exact.
+    await this.#store.drain<RegistryRecord>(keys.chains(), {
+      what: "the registry",
+      items: "pairs",
+      // Each pair: a check and three deletes of its keys.
+      perCommit: Math.min(this.#store.maxChecks, 300),
+      weight: ({ value }) =>
+        2 * (keys.pairKeyBytes(value.c) + keys.pairKeyBytes(value.u)),
+      budget: KV_LIMITS.commitBytes,
+      commit: async (batch) => {
+        const op = kv.atomic();
+        for (const entry of batch) {
+          // The bijection holds in every commit: uuid(u) points back.
+          op.check(entry);
+          this.#deletePair(op, entry.value, entry.value, entry.value);
+        }
+        await this.#store.retryWhileLocked(() => op.commit());
+      },
+    });
+    await this.#clearOrphans();
+  }
+
+  /**
+   * Deletes the pair of `chain` if it expired by `now`; its expiry-index
+   * `entry` (for `second`) is deleted instead if it is stale. Called by the
+   * sweep.
+   */
+  async expire(
+    entry: Deno.KvEntry<number | null>,
+    chain: string,
+    second: number,
+    now: number,
+  ): Promise<void> {
+    const { kv, keys } = this.#store;
+    const byChain = await this.#store.retryWhileLocked(() =>
+      kv.get<RegistryRecord>(keys.chain(chain))
+    );
+    const record = byChain.value;
+    if (
+      record === null || record.e === 0 || expirySecond(record.e) !== second
+    ) {
+      // A stale entry.
+      await this.#store.retryWhileLocked(() => kv.delete(entry.key));
+      return;
+    }
+    if (isLive(record.e, now)) return;
+    const byUuid = await this.#store.retryWhileLocked(() =>
+      kv.get<RegistryRecord>(keys.uuid(record.u))
+    );
+    const op = kv.atomic().check(byChain, byUuid);
+    this.#deletePair(op, record, record, byUuid.value);
+    await this.#store.retryWhileLocked(() => op.commit());
+  }
+
+  /** The live record under `key` (of `id`), or `null`. */
+  async #live(id: string, key: Deno.KvKey): Promise<RegistryRecord | null> {
+    if (!this.#store.keys.pairFits(id)) return null;
+    const entry = await this.#store.retryWhileLocked(() =>
+      this.#store.kv.get<RegistryRecord>(key)
+    );
+    const record = entry.value;
+    return record !== null && isLive(record.e, Date.now()) ? record : null;
+  }
+
+  /**
+   * Deletes uuid records whose chain record does not point back (none,
+   * unless written by hand). A pair that a registrySet wrote since the
+   * chains were listed is whole: its uuid record stays, and the chain record
+   * is checked so that one written meanwhile keeps it too.
+   */
+  async #clearOrphans(): Promise<void> {
+    const { kv, keys } = this.#store;
+    const uuids = await this.#store.listAll<RegistryRecord>(keys.uuids());
+    const orphans: [
+      Deno.KvEntry<RegistryRecord>,
+      Deno.KvEntryMaybe<RegistryRecord>,
+    ][] = [];
+    for (let i = 0; i < uuids.length; i += KV_LIMITS.getMany) {
+      const some = uuids.slice(i, i + KV_LIMITS.getMany);
+      const chains = await this.#store.retryWhileLocked(() =>
+        kv.getMany<RegistryRecord[]>(
+          some.map(({ value }) => keys.chain(value.c)),
+        )
+      );
+      some.forEach((entry, j) => {
+        const byChain = chains[j]!;
+        if (byChain.value?.u !== entry.value.u) {
+          orphans.push([entry, byChain]);
+        }
+      });
+    }
+    for (
+      const batch of batches(
+        orphans,
+        Math.floor(this.#store.maxChecks / 2),
+        ([{ value }]) =>
+          2 * keys.pairKeyBytes(value.u) + keys.pairKeyBytes(value.c),
+        KV_LIMITS.commitBytes,
+      )
+    ) {
+      const op = kv.atomic();
+      for (const [entry, byChain] of batch) {
+        op.check(entry, byChain).delete(entry.key);
+      }
+      await this.#store.retryWhileLocked(() => op.commit());
+    }
+  }
+
+  /**
+   * Deletes the pair `pair` given what its chain and uuid keys held when
+   * read (checked by the caller): each key is deleted only if it still
+   * belongs to this pair.
+   */
+  #deletePair(
+    op: Deno.AtomicOperation,
+    pair: RegistryRecord,
+    byChain: RegistryRecord | null,
+    byUuid: RegistryRecord | null,
+  ): void {
+    const { keys } = this.#store;
+    if (byChain !== null && byChain.u === pair.u) {
+      op.delete(keys.chain(pair.c));
+      const indexed = pairIndexKey(keys, pair.c, byChain.e);
+      if (indexed !== undefined) op.delete(indexed);
+    }
+    if (byUuid !== null && byUuid.c === pair.c) {
+      op.delete(keys.uuid(pair.u));
+    }
+  }
+}

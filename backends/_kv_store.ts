@@ -1,0 +1,159 @@
+// Owns one tenant's access to the KV (its keys, commit limits, bounded retries, listing, draining); never knows a thread, slot or pair.
+
+import { BackendError } from "../errors.ts";
+import { errorMessage } from "../_messages.ts";
+import type { KvKeys } from "./_kv_keys.ts";
+import {
+  batches,
+  CONFLICT,
+  type Conflict,
+  isContention,
+  jitteredDelay,
+} from "./_kv_util.ts";
+
+/** How {@linkcode KvStore.drain} empties one kind of record. */
+export interface DrainPlan<T> {
+  /** What is cleared, for the error: `"the buffer"`, `"the registry"`. */
+  what: string;
+  /** What writers kept adding, for the error: `"threads"`, `"pairs"`. */
+  items: string;
+  /** Most entries one commit takes. */
+  perCommit: number;
+  /** Bytes an entry adds to its commit. */
+  weight: (entry: Deno.KvEntry<T>) => number;
+  /** Bytes one commit may take. */
+  budget: number;
+  /**
+   * Commits one batch. An entry it leaves (its check failed: a writer
+   * changed it) is listed again by the next round.
+   */
+  commit: (batch: Deno.KvEntry<T>[]) => Promise<void>;
+}
+
+/** A Deno KV, one tenant's keys, and the bounded ways to call it. */
+export class KvStore {
+  readonly kv: Deno.Kv;
+  readonly keys: KvKeys;
+  /** Most checks one atomic commit may hold. */
+  readonly maxChecks: number;
+  /** Attempts of a locked call or a conflicting commit before giving up. */
+  readonly maxAttempts: number;
+
+  constructor(
+    kv: Deno.Kv,
+    keys: KvKeys,
+    maxChecks: number,
+    maxAttempts: number,
+  ) {
+    this.kv = kv;
+    this.keys = keys;
+    this.maxChecks = maxChecks;
+    this.maxAttempts = maxAttempts;
+  }
+
+  /**
+   * Runs one KV call, retrying it while the database is locked (another
+   * process is writing the file), at most `maxAttempts` times. Any failure
+   * is a {@linkcode BackendError}.
+   */
+  async retryWhileLocked<T>(call: () => Promise<T>): Promise<T> {
+    for (let attempt = 0;; attempt++) {
+      try {
+        return await call();
+      } catch (error) {
+        if (!isContention(error) || attempt + 1 >= this.maxAttempts) {
+          if (error instanceof BackendError) throw error;
+          throw new BackendError(
+            `Deno KV operation failed: ${errorMessage(error)}`,
+            { cause: error },
+          );
+        }
+        await jitteredDelay(attempt);
+      }
+    }
+  }
+
+  /**
+   * Runs an optimistic read-check-commit until it returns something other
+   * than {@linkcode CONFLICT} (its commit lost a race); a locked database
+   * counts as a conflict. At most `maxAttempts` attempts, then a
+   * {@linkcode BackendError} whose message starts with `what`.
+   */
+  async retryOnConflict<T>(
+    what: string,
+    attempt: () => Promise<T | Conflict>,
+  ): Promise<T> {
+    let last: unknown;
+    for (let i = 0; i < this.maxAttempts; i++) {
+      if (i > 0) await jitteredDelay(i);
+      try {
+        const result = await attempt();
+        if (result !== CONFLICT) return result as T;
+      } catch (error) {
+        if (!isContention(error)) {
+          if (error instanceof BackendError) throw error;
+          throw new BackendError(`${what}: ${errorMessage(error)}`, {
+            cause: error,
+          });
+        }
+        last = error;
+      }
+    }
+    throw new BackendError(
+      `${what}: the commit conflicted with other writers ${this.maxAttempts} times; raise maxAttempts or lower contention`,
+      last === undefined ? undefined : { cause: last },
+    );
+  }
+
+  /** Every entry under `prefix`, in key order. */
+  async listAll<T>(prefix: Deno.KvKey): Promise<Deno.KvEntry<T>[]> {
+    return await this.retryWhileLocked(() =>
+      Array.fromAsync(this.kv.list<T>({ prefix }, { batchSize: 500 }))
+    );
+  }
+
+  /** Deletes every key under `prefix`, 200 a commit, unchecked. */
+  async deletePrefix(prefix: Deno.KvKey): Promise<void> {
+    for (;;) {
+      const entries = await this.retryWhileLocked(() =>
+        Array.fromAsync(
+          this.kv.list({ prefix }, { limit: 200, batchSize: 200 }),
+        )
+      );
+      if (entries.length === 0) return;
+      const op = this.kv.atomic();
+      for (const entry of entries) op.delete(entry.key);
+      await this.retryWhileLocked(() => op.commit());
+    }
+  }
+
+  /**
+   * Lists the entries under `prefix` and commits them away in bounded
+   * batches, round after round until a listing finds none. Bounded too:
+   * after `maxAttempts` rounds (writers kept adding) a
+   * {@linkcode BackendError}.
+   */
+  async drain<T>(prefix: Deno.KvKey, plan: DrainPlan<T>): Promise<void> {
+    for (let round = 0;; round++) {
+      const entries = await this.listAll<T>(prefix);
+      if (entries.length === 0) return;
+      if (round >= this.maxAttempts) {
+        throw new BackendError(
+          `Cannot clear ${plan.what} of prefix ${
+            JSON.stringify(this.keys.prefix)
+          }: writers kept adding ${plan.items}`,
+        );
+      }
+      for (
+        const batch of batches(
+          entries,
+          plan.perCommit,
+          plan.weight,
+          plan.budget,
+        )
+      ) {
+        await plan.commit(batch);
+      }
+    }
+  }
+}
