@@ -145,6 +145,19 @@ export interface KvBackendOptions {
  * await a.bufferAppend("t1", new Uint8Array([1]));
  * assert.equal(await b.bufferAppend("t1", new Uint8Array([2])), 1);
  * ```
+ *
+ * @example Concurrent appends share commits; a large slot is chunked
+ * ```ts
+ * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
+ * import assert from "node:assert/strict";
+ *
+ * await using backend = await KvBackend.open({ kvPath: ":memory:" });
+ * const slots = Array.from({ length: 50 }, (_, i) => new Uint8Array([i]));
+ * const indexes = await Promise.all(slots.map((s) => backend.bufferAppend("t1", s)));
+ * assert.deepEqual(indexes.toSorted((a, b) => a - b), [...Array(50).keys()]);
+ * await backend.bufferAppend("t1", new Uint8Array(100_000).fill(2));
+ * assert.equal((await backend.bufferGetSlot("t1", 50))?.byteLength, 100_000);
+ * ```
  */
 export class KvBackend implements SharedBackend {
   /** Always `"kv"`. */
@@ -255,28 +268,14 @@ export class KvBackend implements SharedBackend {
   // ---------------------------------------------------------------- buffer
 
   /**
-   * Appends a slot to a thread, creating the thread if needed, and refreshes
-   * the thread's TTL. Concurrent calls share atomic commits.
+   * {@inheritDoc SharedBackend.bufferAppend}
    *
-   * @param threadId The thread.
-   * @param slot The bytes to store (up to `maxSlotBytes`); a copy is stored.
-   * @returns The new slot's index: the thread's length before the append.
-   * @throws {TypeError} `threadId` is not a non-empty string, or `slot` is not a `Uint8Array`.
-   * @throws {RangeError} `threadId` is over 1024 UTF-8 bytes, or `slot` over `maxSlotBytes`.
-   * @throws {SlotLimitError} The thread holds `maxSlotsPerThread` slots.
-   * @throws {ThreadLimitError} The thread is new and `maxThreads` live threads exist.
-   * @throws {BackendError} The commit kept conflicting for `maxAttempts` attempts, or the store failed.
+   * On Deno KV, concurrent calls share atomic commits; a slot over 60 KiB is
+   * uploaded as chunks first, then published whole by the commit.
    *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * const slots = Array.from({ length: 50 }, (_, i) => new Uint8Array([i]));
-   * const indexes = await Promise.all(slots.map((s) => backend.bufferAppend("t1", s)));
-   * assert.deepEqual(indexes.toSorted((a, b) => a - b), [...Array(50).keys()]);
-   * ```
+   * @throws {BackendError} The commit kept conflicting for `maxAttempts`
+   * attempts, the thread's keys would exceed Deno KV's 2048 bytes, or the
+   * store failed.
    */
   bufferAppend(threadId: string, slot: Uint8Array): Promise<number> {
     return this.#enter("bufferAppend", async () => {
@@ -289,27 +288,7 @@ export class KvBackend implements SharedBackend {
     });
   }
 
-  /**
-   * Reads all slots of a thread, in index order.
-   *
-   * @param threadId The thread.
-   * @returns The slots; empty if the thread does not exist or expired.
-   * @throws {TypeError} `threadId` is not a non-empty string.
-   * @throws {RangeError} `threadId` is over 1024 UTF-8 bytes.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.bufferAppend("t1", new Uint8Array([1]));
-   * await backend.bufferAppend("t1", new Uint8Array(100_000).fill(2)); // chunked
-   * const slots = await backend.bufferGetThread("t1");
-   * assert.equal(slots.length, 2);
-   * assert.equal(slots[1]!.byteLength, 100_000);
-   * ```
-   */
+  /** {@inheritDoc SharedBackend.bufferGetThread} */
   bufferGetThread(threadId: string): Promise<Uint8Array[]> {
     return this.#enter("bufferGetThread", async () => {
       checkId("threadId", threadId);
@@ -318,27 +297,7 @@ export class KvBackend implements SharedBackend {
     });
   }
 
-  /**
-   * Reads the slots `[start, end)` of a thread, clamped like
-   * `Array.prototype.slice` with non-negative bounds.
-   *
-   * @param threadId The thread.
-   * @param start The first index, a non-negative integer.
-   * @param end One past the last index, a non-negative integer; default: the end.
-   * @returns The slots in the range (possibly empty).
-   * @throws {TypeError} `threadId` is not a non-empty string.
-   * @throws {RangeError} `threadId` is over 1024 UTF-8 bytes, or a bound is not a non-negative integer.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * for (let i = 0; i < 5; i++) await backend.bufferAppend("t1", new Uint8Array([i]));
-   * assert.deepEqual(await backend.bufferGetRange("t1", 3, 99), [new Uint8Array([3]), new Uint8Array([4])]);
-   * ```
-   */
+  /** {@inheritDoc SharedBackend.bufferGetRange} */
   bufferGetRange(
     threadId: string,
     start: number,
@@ -352,27 +311,7 @@ export class KvBackend implements SharedBackend {
     });
   }
 
-  /**
-   * Reads one slot.
-   *
-   * @param threadId The thread.
-   * @param index The slot's index.
-   * @returns The slot, or `null` if `index` is not an integer in `[0, len)`.
-   * @throws {TypeError} `threadId` is not a non-empty string.
-   * @throws {RangeError} `threadId` is over 1024 UTF-8 bytes.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.bufferAppend("t1", new Uint8Array([9]));
-   * assert.deepEqual(await backend.bufferGetSlot("t1", 0), new Uint8Array([9]));
-   * assert.equal(await backend.bufferGetSlot("t1", 1), null);
-   * assert.equal(await backend.bufferGetSlot("t1", -1), null);
-   * ```
-   */
+  /** {@inheritDoc SharedBackend.bufferGetSlot} */
   bufferGetSlot(threadId: string, index: number): Promise<Uint8Array | null> {
     return this.#enter("bufferGetSlot", async () => {
       checkId("threadId", threadId);
@@ -381,25 +320,7 @@ export class KvBackend implements SharedBackend {
     });
   }
 
-  /**
-   * Counts a thread's slots.
-   *
-   * @param threadId The thread.
-   * @returns The number of slots; 0 if the thread does not exist or expired.
-   * @throws {TypeError} `threadId` is not a non-empty string.
-   * @throws {RangeError} `threadId` is over 1024 UTF-8 bytes.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * assert.equal(await backend.bufferThreadLen("t1"), 0);
-   * await backend.bufferAppend("t1", new Uint8Array());
-   * assert.equal(await backend.bufferThreadLen("t1"), 1);
-   * ```
-   */
+  /** {@inheritDoc SharedBackend.bufferThreadLen} */
   bufferThreadLen(threadId: string): Promise<number> {
     return this.#enter("bufferThreadLen", async () => {
       checkId("threadId", threadId);
@@ -408,25 +329,7 @@ export class KvBackend implements SharedBackend {
     });
   }
 
-  /**
-   * Tells whether a thread has live slots.
-   *
-   * @param threadId The thread.
-   * @returns `true` if the thread exists and has not expired.
-   * @throws {TypeError} `threadId` is not a non-empty string.
-   * @throws {RangeError} `threadId` is over 1024 UTF-8 bytes.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.bufferAppend("t1", new Uint8Array([1]));
-   * assert.equal(await backend.bufferThreadExists("t1"), true);
-   * assert.equal(await backend.bufferThreadExists("t2"), false);
-   * ```
-   */
+  /** {@inheritDoc SharedBackend.bufferThreadExists} */
   bufferThreadExists(threadId: string): Promise<boolean> {
     return this.#enter("bufferThreadExists", async () => {
       checkId("threadId", threadId);
@@ -436,25 +339,10 @@ export class KvBackend implements SharedBackend {
   }
 
   /**
-   * Deletes a thread and all its slots. The thread disappears at once; its
-   * storage is reclaimed before this resolves (or by a later sweep if that
-   * fails).
+   * {@inheritDoc SharedBackend.bufferDeleteThread}
    *
-   * @param threadId The thread.
-   * @returns `true` if the thread existed (and had not expired).
-   * @throws {TypeError} `threadId` is not a non-empty string.
-   * @throws {RangeError} `threadId` is over 1024 UTF-8 bytes.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.bufferAppend("t1", new Uint8Array([1]));
-   * assert.equal(await backend.bufferDeleteThread("t1"), true);
-   * assert.equal(await backend.bufferDeleteThread("t1"), false);
-   * ```
+   * On Deno KV the thread disappears at once; its storage is reclaimed
+   * before this resolves (or by a later sweep if that fails).
    */
   bufferDeleteThread(threadId: string): Promise<boolean> {
     return this.#enter("bufferDeleteThread", async () => {
@@ -465,21 +353,10 @@ export class KvBackend implements SharedBackend {
   }
 
   /**
-   * Lists the live threads of this backend's prefix, from the heads (never by
-   * reading slots).
+   * {@inheritDoc SharedBackend.bufferListThreads}
    *
-   * @returns The thread ids exactly as given to `bufferAppend`, in key order.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.bufferAppend("b", new Uint8Array());
-   * await backend.bufferAppend("a", new Uint8Array());
-   * assert.deepEqual(await backend.bufferListThreads(), ["a", "b"]);
-   * ```
+   * On Deno KV the ids come from the heads (never by reading slots), in key
+   * order.
    */
   bufferListThreads(): Promise<string[]> {
     return this.#enter("bufferListThreads", async () => {
@@ -489,19 +366,12 @@ export class KvBackend implements SharedBackend {
   }
 
   /**
-   * Deletes every thread of this backend's prefix (and no other's), and
-   * reclaims their storage.
+   * {@inheritDoc SharedBackend.bufferClear}
    *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
+   * On Deno KV their storage is reclaimed too.
    *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.bufferAppend("t1", new Uint8Array([1]));
-   * await backend.bufferClear();
-   * assert.deepEqual(await backend.bufferListThreads(), []);
-   * ```
+   * @throws {BackendError} Writers kept adding threads for `maxAttempts`
+   * rounds.
    */
   bufferClear(): Promise<void> {
     return this.#enter("bufferClear", async () => {
@@ -513,26 +383,11 @@ export class KvBackend implements SharedBackend {
   // -------------------------------------------------------------- registry
 
   /**
-   * Maps `chain` to `uuid` both ways and refreshes the pair's TTL. Any uuid
-   * that `chain` mapped to before, and any chain that `uuid` mapped to
-   * before, are unmapped both ways, in the same atomic commit.
+   * {@inheritDoc SharedBackend.registrySet}
    *
-   * @param chain The dotted call chain.
-   * @param uuid The uuid.
-   * @throws {TypeError} `chain` or `uuid` is not a non-empty string.
-   * @throws {RangeError} `chain` or `uuid` is over 1024 UTF-8 bytes.
+   * On Deno KV the pair and every unmapping are one atomic commit.
    *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.registrySet("a.b", "u1");
-   * await backend.registrySet("a.b", "u2");
-   * assert.equal(await backend.registryGetChain("u1"), null);
-   * assert.equal(await backend.registryGetUuid("a.b"), "u2");
-   * ```
+   * @throws {BackendError} The pair's keys would exceed Deno KV's 2048 bytes.
    */
   registrySet(chain: string, uuid: string): Promise<void> {
     return this.#enter("registrySet", async () => {
@@ -545,27 +400,9 @@ export class KvBackend implements SharedBackend {
   }
 
   /**
-   * Maps `chain` to `uuid` only if `chain` is unmapped (then exactly as
-   * `registrySet` would). Racing callers all get the same answer. When
-   * `chain` is already mapped, nothing is written or refreshed.
+   * {@inheritDoc SharedBackend.registrySetIfAbsent}
    *
-   * @param chain The dotted call chain.
-   * @param uuid The uuid to map it to if it is unmapped.
-   * @returns The uuid `chain` maps to afterwards.
-   * @throws {TypeError} `chain` or `uuid` is not a non-empty string.
-   * @throws {RangeError} `chain` or `uuid` is over 1024 UTF-8 bytes.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * const winners = await Promise.all(
-   *   ["u1", "u2", "u3"].map((u) => backend.registrySetIfAbsent("a.b", u)),
-   * );
-   * assert.equal(new Set(winners).size, 1);
-   * ```
+   * @throws {BackendError} The pair's keys would exceed Deno KV's 2048 bytes.
    */
   registrySetIfAbsent(chain: string, uuid: string): Promise<string> {
     return this.#enter("registrySetIfAbsent", async () => {
@@ -577,25 +414,7 @@ export class KvBackend implements SharedBackend {
     });
   }
 
-  /**
-   * Looks up a chain's uuid.
-   *
-   * @param chain The dotted call chain.
-   * @returns Its uuid, or `null`.
-   * @throws {TypeError} `chain` is not a non-empty string.
-   * @throws {RangeError} `chain` is over 1024 UTF-8 bytes.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.registrySet("a.b", "u1");
-   * assert.equal(await backend.registryGetUuid("a.b"), "u1");
-   * assert.equal(await backend.registryGetUuid("a.c"), null);
-   * ```
-   */
+  /** {@inheritDoc SharedBackend.registryGetUuid} */
   registryGetUuid(chain: string): Promise<string | null> {
     return this.#enter("registryGetUuid", async () => {
       checkId("chain", chain);
@@ -604,24 +423,7 @@ export class KvBackend implements SharedBackend {
     });
   }
 
-  /**
-   * Looks up a uuid's chain.
-   *
-   * @param uuid The uuid.
-   * @returns Its chain, or `null`.
-   * @throws {TypeError} `uuid` is not a non-empty string.
-   * @throws {RangeError} `uuid` is over 1024 UTF-8 bytes.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.registrySet("a.b", "u1");
-   * assert.equal(await backend.registryGetChain("u1"), "a.b");
-   * ```
-   */
+  /** {@inheritDoc SharedBackend.registryGetChain} */
   registryGetChain(uuid: string): Promise<string | null> {
     return this.#enter("registryGetChain", async () => {
       checkId("uuid", uuid);
@@ -630,25 +432,7 @@ export class KvBackend implements SharedBackend {
     });
   }
 
-  /**
-   * Removes a uuid's pair, both directions.
-   *
-   * @param uuid The uuid.
-   * @returns `true` if it was mapped.
-   * @throws {TypeError} `uuid` is not a non-empty string.
-   * @throws {RangeError} `uuid` is over 1024 UTF-8 bytes.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.registrySet("a.b", "u1");
-   * assert.equal(await backend.registryDelete("u1"), true);
-   * assert.equal(await backend.registryGetUuid("a.b"), null);
-   * ```
-   */
+  /** {@inheritDoc SharedBackend.registryDelete} */
   registryDelete(uuid: string): Promise<boolean> {
     return this.#enter("registryDelete", async () => {
       checkId("uuid", uuid);
@@ -657,21 +441,7 @@ export class KvBackend implements SharedBackend {
     });
   }
 
-  /**
-   * Reads every live pair of this backend's prefix.
-   *
-   * @returns A map from uuid to chain.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.registrySet("a.b", "u1");
-   * assert.deepEqual(await backend.registryListAll(), new Map([["u1", "a.b"]]));
-   * ```
-   */
+  /** {@inheritDoc SharedBackend.registryListAll} */
   registryListAll(): Promise<Map<string, string>> {
     return this.#enter("registryListAll", async () => {
       await this.#sweeper.maintain();
@@ -680,18 +450,9 @@ export class KvBackend implements SharedBackend {
   }
 
   /**
-   * Removes every pair of this backend's prefix (and no other's).
+   * {@inheritDoc SharedBackend.registryClear}
    *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * await backend.registrySet("a.b", "u1");
-   * await backend.registryClear();
-   * assert.equal((await backend.registryListAll()).size, 0);
-   * ```
+   * @throws {BackendError} Writers kept adding pairs for `maxAttempts` rounds.
    */
   registryClear(): Promise<void> {
     return this.#enter("registryClear", async () => {
@@ -703,19 +464,11 @@ export class KvBackend implements SharedBackend {
   // ------------------------------------------------------------- lifecycle
 
   /**
-   * Checks that the KV answers.
+   * {@inheritDoc SharedBackend.ping}
    *
-   * @returns `true` if it does, `false` if a read fails or takes over 5 s.
+   * On Deno KV: `false` if a read fails or takes over 5 s.
+   *
    * @throws {BackendClosedError} The backend is closed.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   * assert.equal(await backend.ping(), true);
-   * ```
    */
   ping(): Promise<boolean> {
     return this.#enter("ping", () =>
@@ -730,23 +483,9 @@ export class KvBackend implements SharedBackend {
   }
 
   /**
-   * Counts this prefix's live data (from the heads and registry records).
+   * {@inheritDoc SharedBackend.stats}
    *
-   * @returns The counts and the TTL in force.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * await using backend = await KvBackend.open({ kvPath: ":memory:", ttlMs: 60_000 });
-   * await backend.bufferAppend("t1", new Uint8Array([1]));
-   * await backend.bufferAppend("t1", new Uint8Array([2]));
-   * await backend.registrySet("a.b", "u1");
-   * assert.deepEqual(await backend.stats(), {
-   *   kind: "kv", threads: 1, slots: 2, registryEntries: 1, ttlMs: 60_000,
-   * });
-   * ```
+   * On Deno KV the counts come from the heads and registry records.
    */
   stats(): Promise<BackendStats> {
     return this.#enter("stats", async () => {
@@ -766,7 +505,7 @@ export class KvBackend implements SharedBackend {
   /**
    * Waits for the calls in progress (queued appends are committed), then
    * closes the KV if this backend opened it. An injected `kv` is left open.
-   * Idempotent.
+   * Idempotent: a second call resolves once the first has finished.
    *
    * @example
    * ```ts
@@ -799,22 +538,7 @@ export class KvBackend implements SharedBackend {
     if (this.#ownsKv) this.#store.kv.close();
   }
 
-  /**
-   * Closes the backend: `await using backend = await KvBackend.open(...)`.
-   *
-   * @example
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * let kept: KvBackend;
-   * {
-   *   await using backend = await KvBackend.open({ kvPath: ":memory:" });
-   *   kept = backend;
-   * }
-   * await assert.rejects(kept.ping(), /closed/);
-   * ```
-   */
+  /** Closes the backend: `await using backend = await KvBackend.open(...)`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
