@@ -8,6 +8,9 @@ import type { SharedBackend } from "./protocol.ts";
 /** Longest id, in UTF-8 bytes (contract item 4). */
 export const MAX_ID_BYTES = 1024;
 
+/** Longest append id, in UTF-8 bytes. */
+export const MAX_APPEND_ID_BYTES = 128;
+
 const encoder = new TextEncoder();
 
 /**
@@ -27,6 +30,59 @@ export function checkNonEmptyString(
 
 /** Throws unless `value` is a non-empty string of at most 1024 UTF-8 bytes. */
 export function checkId(name: string, value: unknown): asserts value is string {
+  checkBoundedString(name, value, MAX_ID_BYTES);
+}
+
+/** Throws unless `options` are valid `bufferAppend` options (or undefined). */
+export function checkAppendOptions(options: unknown): void {
+  if (options === undefined) return;
+  if (options === null || typeof options !== "object") {
+    throw new TypeError(
+      `Invalid options: expected an object or undefined, got ${
+        describe(options)
+      }`,
+    );
+  }
+  const { appendId } = options as { appendId?: unknown };
+  if (appendId !== undefined) {
+    checkBoundedString("appendId", appendId, MAX_APPEND_ID_BYTES);
+  }
+}
+
+/** Throws unless `options` are valid `bufferWatch` options (or undefined). */
+export function checkWatchOptions(options: unknown): void {
+  if (options === undefined) return;
+  if (options === null || typeof options !== "object") {
+    throw new TypeError(
+      `Invalid options: expected an object or undefined, got ${
+        describe(options)
+      }`,
+    );
+  }
+  const { fromIndex, signal } = options as {
+    fromIndex?: unknown;
+    signal?: unknown;
+  };
+  if (fromIndex !== undefined && !isNonNegativeInteger(fromIndex)) {
+    throw new RangeError(
+      `Invalid fromIndex: expected a non-negative integer, got ${
+        describe(fromIndex)
+      }`,
+    );
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new TypeError(
+      `Invalid signal: expected an AbortSignal, got ${describe(signal)}`,
+    );
+  }
+}
+
+/** Throws unless `value` is a non-empty, well-formed string of at most `maxBytes` UTF-8 bytes. */
+function checkBoundedString(
+  name: string,
+  value: unknown,
+  maxBytes: number,
+): asserts value is string {
   checkNonEmptyString(name, value);
   // A lone surrogate has no UTF-8 form: stores would turn it into U+FFFD, so
   // two different ids could name one key.
@@ -36,11 +92,11 @@ export function checkId(name: string, value: unknown): asserts value is string {
     );
   }
   // A UTF-16 code unit encodes to at most 3 UTF-8 bytes: short ids skip the encoding.
-  if (value.length * 3 > MAX_ID_BYTES) {
+  if (value.length * 3 > maxBytes) {
     const bytes = encoder.encode(value).length;
-    if (bytes > MAX_ID_BYTES) {
+    if (bytes > maxBytes) {
       throw new RangeError(
-        `Invalid ${name}: ${bytes} UTF-8 bytes, at most ${MAX_ID_BYTES} allowed`,
+        `Invalid ${name}: ${bytes} UTF-8 bytes, at most ${maxBytes} allowed`,
       );
     }
   }

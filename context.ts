@@ -33,7 +33,14 @@ import { serializeSlot } from "./serialize.ts";
 import { checkBackend, checkNonEmptyString } from "./_validate.ts";
 import { decode, decodeAll, storedSlot, toSlot } from "./_context_slots.ts";
 
-export type { BackendKind, BackendStats, SharedBackend } from "./protocol.ts";
+export type {
+  BackendKind,
+  BackendStats,
+  BufferAppendOptions,
+  BufferWatchOptions,
+  SharedBackend,
+  WatchedSlot,
+} from "./protocol.ts";
 export { payloadTypeName } from "./_context_slots.ts";
 export { type PruneResult, ThreadRegistry } from "./registry.ts";
 

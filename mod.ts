@@ -33,7 +33,14 @@
  * @module
  */
 
-export type { BackendKind, BackendStats, SharedBackend } from "./protocol.ts";
+export type {
+  BackendKind,
+  BackendStats,
+  BufferAppendOptions,
+  BufferWatchOptions,
+  SharedBackend,
+  WatchedSlot,
+} from "./protocol.ts";
 export {
   type BackendConfig,
   configFromEnv,

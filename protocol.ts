@@ -51,6 +51,94 @@ export interface BackendStats {
 }
 
 /**
+ * Options of {@linkcode SharedBackend.bufferAppend}.
+ *
+ * @example
+ * ```ts
+ * import { type BufferAppendOptions, createSharedBackend } from "@xml-pipeline/shared-backend";
+ * import assert from "node:assert/strict";
+ *
+ * await using backend = await createSharedBackend();
+ * const options: BufferAppendOptions = { appendId: "msg-42" };
+ * const first = await backend.bufferAppend("t1", new Uint8Array([1]), options);
+ * const again = await backend.bufferAppend("t1", new Uint8Array([1]), options);
+ * assert.equal(again, first);
+ * assert.equal(await backend.bufferThreadLen("t1"), 1);
+ * ```
+ */
+export interface BufferAppendOptions {
+  /**
+   * Makes the append idempotent: appends to one thread with the same
+   * `appendId`, from any process, at any time while the thread lives,
+   * store one slot, and every one of them returns its index. A repeated
+   * append stores nothing, even if its bytes differ from the first one's.
+   * The ids of a thread are forgotten with it (deletion, expiry, clear).
+   * A non-empty, well-formed string of at most 128 UTF-8 bytes.
+   *
+   * @default {undefined}
+   */
+  appendId?: string;
+}
+
+/**
+ * Options of {@linkcode SharedBackend.bufferWatch}.
+ *
+ * @example
+ * ```ts
+ * import { type BufferWatchOptions, createSharedBackend } from "@xml-pipeline/shared-backend";
+ * import assert from "node:assert/strict";
+ *
+ * await using backend = await createSharedBackend();
+ * await backend.bufferAppend("t1", new Uint8Array([7]));
+ * const options: BufferWatchOptions = { fromIndex: 0, signal: AbortSignal.timeout(5_000) };
+ * for await (const { index, slot } of backend.bufferWatch("t1", options)) {
+ *   assert.equal(index, 0);
+ *   assert.deepEqual(slot, new Uint8Array([7]));
+ *   break;
+ * }
+ * ```
+ */
+export interface BufferWatchOptions {
+  /**
+   * The index of the first slot to yield, a non-negative integer.
+   *
+   * @default {the thread's length when the watch starts: only new slots}
+   */
+  fromIndex?: number;
+  /**
+   * Ends the watch when it aborts.
+   *
+   * @default {undefined}
+   */
+  signal?: AbortSignal;
+}
+
+/**
+ * One slot yielded by {@linkcode SharedBackend.bufferWatch}: its index and
+ * its bytes (a copy the caller owns).
+ *
+ * @example
+ * ```ts
+ * import { createSharedBackend, type WatchedSlot } from "@xml-pipeline/shared-backend";
+ * import assert from "node:assert/strict";
+ *
+ * await using backend = await createSharedBackend();
+ * const watch = backend.bufferWatch("t1", { fromIndex: 0 });
+ * await backend.bufferAppend("t1", new Uint8Array([1, 2]));
+ * const { value } = await watch.next();
+ * const slot: WatchedSlot = value!;
+ * assert.deepEqual(slot, { index: 0, slot: new Uint8Array([1, 2]) });
+ * await watch.return?.();
+ * ```
+ */
+export interface WatchedSlot {
+  /** The slot's index in its thread. */
+  index: number;
+  /** The slot's bytes. */
+  slot: Uint8Array;
+}
+
+/**
  * Shared state for multi-process and multi-isolate agent pipelines.
  *
  * **Context buffer**: per thread, an append-only list of opaque binary slots.
@@ -92,13 +180,57 @@ export interface SharedBackend extends AsyncDisposable {
    *
    * @param threadId The thread.
    * @param slot The bytes to store; a copy is stored.
-   * @returns The new slot's index: the thread's length before the append.
-   * @throws {TypeError} `threadId` is not a non-empty string, or `slot` is not a `Uint8Array`.
-   * @throws {RangeError} `threadId` is over 1024 UTF-8 bytes, or `slot` over `maxSlotBytes`.
+   * @param options An `appendId` that makes the append idempotent.
+   * @returns The new slot's index: the thread's length before the append
+   * (or, for an `appendId` already applied to the thread, that slot's index).
+   * @throws {TypeError} `threadId` or `appendId` is not a non-empty string, or `slot` is not a `Uint8Array`.
+   * @throws {RangeError} `threadId` is over 1024 UTF-8 bytes, `appendId` over 128, or `slot` over `maxSlotBytes`.
    * @throws {SlotLimitError} The thread holds `maxSlotsPerThread` slots.
    * @throws {ThreadLimitError} The thread is new and `maxThreads` live threads exist.
    */
-  bufferAppend(threadId: string, slot: Uint8Array): Promise<number>;
+  bufferAppend(
+    threadId: string,
+    slot: Uint8Array,
+    options?: BufferAppendOptions,
+  ): Promise<number>;
+
+  /**
+   * Watches a thread: yields every slot with index >= `fromIndex` (default:
+   * the thread's length when the watch starts, at its first `next()`: only
+   * new slots), in
+   * index order, each exactly once, byte-exact, whoever appended it (this
+   * isolate, another Worker, process or machine), across dropped
+   * connections and server restarts.
+   *
+   * The watch ends (`done`) when `signal` aborts, when `return()` is called
+   * (`break` in `for await`), when the backend closes, and within a second
+   * of the thread's deletion or expiry. A thread that does not exist yet is
+   * waited for. Many watches share one connection or poller per backend.
+   *
+   * @param threadId The thread.
+   * @param options Where to start, and a signal to stop.
+   * @returns An iterator of `{ index, slot }`. Bad arguments (and a closed
+   * backend) reject its first `next()`.
+   *
+   * @example Wait for the answer another agent appends
+   * ```ts
+   * import { createSharedBackend } from "@xml-pipeline/shared-backend";
+   * import assert from "node:assert/strict";
+   *
+   * await using backend = await createSharedBackend();
+   * const watch = backend.bufferWatch("t1", { signal: AbortSignal.timeout(5_000) });
+   * setTimeout(() => backend.bufferAppend("t1", new Uint8Array([42])), 10);
+   * for await (const { index, slot } of watch) {
+   *   assert.equal(index, 0);
+   *   assert.deepEqual(slot, new Uint8Array([42]));
+   *   break;
+   * }
+   * ```
+   */
+  bufferWatch(
+    threadId: string,
+    options?: BufferWatchOptions,
+  ): AsyncIterableIterator<WatchedSlot>;
 
   /**
    * Reads all slots of a thread, in index order.

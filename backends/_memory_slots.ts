@@ -10,6 +10,8 @@
 // and are reused: fresh memory costs page faults on first touch, which made
 // appends about 1.5x slower in the append bench.
 
+import { copyBytes } from "../_bytes.ts";
+
 const FIRST_PAGE = 1024;
 const PAGE = 64 * 1024;
 /** A slot larger than this gets a page (buffer) of its own. */
@@ -80,7 +82,7 @@ export function copyIn(
   const size = slot.byteLength;
   const pages = slots.pages;
   if (size > OWN_PAGE) {
-    pages.push(slot.slice());
+    pages.push(copyBytes(slot));
     slots.layout.push(pages.length - 1, 0, size);
     return;
   }

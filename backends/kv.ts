@@ -31,8 +31,20 @@ import {
 } from "../config.ts";
 import { BackendClosedError, BackendError } from "../errors.ts";
 import { errorMessage } from "../_messages.ts";
-import type { BackendStats, SharedBackend } from "../protocol.ts";
-import { checkId, checkRange, checkSlot } from "../_validate.ts";
+import type {
+  BackendStats,
+  BufferAppendOptions,
+  BufferWatchOptions,
+  SharedBackend,
+  WatchedSlot,
+} from "../protocol.ts";
+import {
+  checkAppendOptions,
+  checkId,
+  checkRange,
+  checkSlot,
+} from "../_validate.ts";
+import { watchThread } from "../_watch.ts";
 import { HeadCache, KvAppendQueue } from "./_kv_append_queue.ts";
 import { KvBlobStore } from "./_kv_blobs.ts";
 import { KvKeys } from "./_kv_keys.ts";
@@ -44,7 +56,14 @@ import { isContention, jitteredDelay, KV_LIMITS } from "./_kv_util.ts";
 
 // The types of this module's API, so that the `./kv` entry point stands alone.
 export type { BackendConfig } from "../config.ts";
-export type { BackendKind, BackendStats, SharedBackend } from "../protocol.ts";
+export type {
+  BackendKind,
+  BackendStats,
+  BufferAppendOptions,
+  BufferWatchOptions,
+  SharedBackend,
+  WatchedSlot,
+} from "../protocol.ts";
 
 /**
  * Options of {@linkcode KvBackend.open} beyond the shared config: tuning that
@@ -168,12 +187,15 @@ export class KvBackend implements SharedBackend {
   readonly #ownsKv: boolean;
   readonly #ttlMs: number;
   readonly #maxSlotBytes: number;
+  readonly #retryTimeoutMs: number;
   readonly #appends: KvAppendQueue;
   readonly #reader: KvReader;
   readonly #registry: KvRegistry;
   readonly #sweeper: KvSweeper;
 
   #closed = false;
+  /** Aborted by close(): every watch ends. */
+  readonly #watchesEnd = new AbortController();
   #closing: Promise<void> | undefined;
   /** Calls in progress, which close() waits for. */
   readonly #active = new Set<Promise<unknown>>();
@@ -186,6 +208,7 @@ export class KvBackend implements SharedBackend {
     this.#ownsKv = config.kv === undefined;
     this.#ttlMs = config.ttlMs;
     this.#maxSlotBytes = config.maxSlotBytes;
+    this.#retryTimeoutMs = config.retryTimeoutMs;
     const path = config.kvPath;
     const local = path !== undefined && !/^https?:\/\//i.test(path);
     const store = new KvStore(
@@ -277,15 +300,47 @@ export class KvBackend implements SharedBackend {
    * attempts, the thread's keys would exceed Deno KV's 2048 bytes, or the
    * store failed.
    */
-  bufferAppend(threadId: string, slot: Uint8Array): Promise<number> {
+  bufferAppend(
+    threadId: string,
+    slot: Uint8Array,
+    options?: BufferAppendOptions,
+  ): Promise<number> {
     return this.#enter("bufferAppend", async () => {
       checkId("threadId", threadId);
       checkSlot(slot, this.#maxSlotBytes);
+      checkAppendOptions(options);
       // The sweep runs beside the append (close() waits for it): queued
       // appends keep their call order.
       this.#sweeper.maintain();
       return await this.#appends.append(threadId, slot);
     });
+  }
+
+  /**
+   * {@inheritDoc SharedBackend.bufferWatch}
+   */
+  bufferWatch(
+    threadId: string,
+    options?: BufferWatchOptions,
+  ): AsyncIterableIterator<WatchedSlot> {
+    // Interim source (issue 12 replaces it): wakes every watch every 100 ms.
+    return watchThread(
+      {
+        kind: this.kind,
+        bufferGetRange: (id, start, end) => this.bufferGetRange(id, start, end),
+        bufferThreadLen: (id) => this.bufferThreadLen(id),
+        watchSource: {
+          subscribe: (_id, wake) => {
+            const timer = setInterval(() => wake("changed"), 100);
+            return Promise.resolve(() => clearInterval(timer));
+          },
+        },
+        closedSignal: this.#watchesEnd.signal,
+        retryTimeoutMs: this.#retryTimeoutMs,
+      },
+      threadId,
+      options,
+    );
   }
 
   /** {@inheritDoc SharedBackend.bufferGetThread} */
@@ -530,6 +585,7 @@ export class KvBackend implements SharedBackend {
 
   async #close(): Promise<void> {
     this.#closed = true;
+    this.#watchesEnd.abort();
     while (this.#active.size > 0) {
       await Promise.allSettled([...this.#active]);
     }

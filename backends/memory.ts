@@ -15,8 +15,21 @@ import {
   SlotLimitError,
   ThreadLimitError,
 } from "../errors.ts";
-import type { BackendStats, SharedBackend } from "../protocol.ts";
-import { checkId, checkRange, checkSlot, isSlotIndex } from "../_validate.ts";
+import type {
+  BackendStats,
+  BufferAppendOptions,
+  BufferWatchOptions,
+  SharedBackend,
+  WatchedSlot,
+} from "../protocol.ts";
+import {
+  checkAppendOptions,
+  checkId,
+  checkRange,
+  checkSlot,
+  isSlotIndex,
+} from "../_validate.ts";
+import { WatchListeners, watchThread } from "../_watch.ts";
 import {
   copyIn,
   copyOut,
@@ -28,7 +41,14 @@ import {
 
 // What this entry point's signatures name, so that it documents alone (JSR).
 export type { BackendConfig } from "../config.ts";
-export type { BackendKind, BackendStats, SharedBackend } from "../protocol.ts";
+export type {
+  BackendKind,
+  BackendStats,
+  BufferAppendOptions,
+  BufferWatchOptions,
+  SharedBackend,
+  WatchedSlot,
+} from "../protocol.ts";
 
 /**
  * Options of {@linkcode InMemoryBackend}: the config (its connection fields
@@ -63,6 +83,8 @@ export interface InMemoryBackendOptions extends
 
 interface Thread extends ThreadSlots {
   expiresAt: number;
+  /** The index of each append id applied to this thread (made on first use). */
+  appendIds?: Map<string, number>;
 }
 
 /** Expired entries are hidden at once and their memory reclaimed within this. */
@@ -85,6 +107,8 @@ interface RegistryPair {
  * Expiry costs no timer: reads check the expiry of what they touch, and a
  * call made after the earliest expiry sweeps out everything expired (at most
  * once a second), so memory is reclaimed within a second of the next use.
+ * Watches are woken in-process by the append itself; the one timer is that of
+ * the earliest expiry of a watched thread, to end its watches on time.
  *
  * The `prefix` option is accepted for symmetry but has nothing to isolate:
  * each instance has its own maps.
@@ -119,6 +143,11 @@ export class InMemoryBackend implements SharedBackend {
   #pages = new PagePool();
   /** When #sweepAll next runs: see there. */
   #nextSweep = Infinity;
+  readonly #watchers = new WatchListeners();
+  readonly #closedController = new AbortController();
+  /** Ends the watches of a watched thread that expires (none while nothing is watched). */
+  #watchExpiry: ReturnType<typeof setTimeout> | undefined;
+  #watchExpiryAt = Infinity;
 
   /**
    * Makes an empty in-memory backend.
@@ -160,11 +189,21 @@ export class InMemoryBackend implements SharedBackend {
   }
 
   /** {@inheritDoc SharedBackend.bufferAppend} */
-  async bufferAppend(threadId: string, slot: Uint8Array): Promise<number> {
+  async bufferAppend(
+    threadId: string,
+    slot: Uint8Array,
+    options?: BufferAppendOptions,
+  ): Promise<number> {
     const now = this.#enter("bufferAppend");
     checkId("threadId", threadId);
     checkSlot(slot, this.#maxSlotBytes);
+    checkAppendOptions(options);
+    const appendId = options?.appendId;
     let thread = this.#liveThread(threadId, now);
+    if (appendId !== undefined) {
+      const applied = thread?.appendIds?.get(appendId);
+      if (applied !== undefined) return applied;
+    }
     if (thread === undefined) {
       if (this.#threads.size >= this.#maxThreads) {
         this.#sweepAll(now);
@@ -179,8 +218,46 @@ export class InMemoryBackend implements SharedBackend {
     }
     const index = slotCount(thread);
     copyIn(thread, slot, this.#pages);
+    if (appendId !== undefined) {
+      (thread.appendIds ??= new Map()).set(appendId, index);
+    }
     if (this.#ttlMs > 0) this.#expireAt(thread, now + this.#ttlMs);
+    if (this.#watchers.size > 0) this.#appended(threadId, thread);
     return index;
+  }
+
+  /**
+   * {@inheritDoc SharedBackend.bufferWatch}
+   *
+   * Appends in this backend wake its watches at once (no polling, no timer
+   * while the thread has no TTL to run out).
+   */
+  bufferWatch(
+    threadId: string,
+    options?: BufferWatchOptions,
+  ): AsyncIterableIterator<WatchedSlot> {
+    return watchThread(
+      {
+        kind: this.kind,
+        bufferGetRange: (id, start, end) => this.bufferGetRange(id, start, end),
+        bufferThreadLen: (id) => this.bufferThreadLen(id),
+        watchSource: {
+          subscribe: (id, wake) => {
+            const remove = this.#watchers.add(id, wake);
+            const thread = this.#threads.get(id);
+            if (thread !== undefined) this.#watchExpiryBy(thread.expiresAt);
+            return Promise.resolve(() => {
+              remove();
+              if (this.#watchers.size === 0) this.#stopWatchExpiry();
+            });
+          },
+        },
+        closedSignal: this.#closedController.signal,
+        retryTimeoutMs: 0,
+      },
+      threadId,
+      options,
+    );
   }
 
   /** {@inheritDoc SharedBackend.bufferGetThread} */
@@ -261,6 +338,7 @@ export class InMemoryBackend implements SharedBackend {
     this.#enter("bufferClear");
     for (const thread of this.#threads.values()) this.#pages.recycle(thread);
     this.#threads.clear();
+    this.#watchers.notifyAll("gone");
   }
 
   /** {@inheritDoc SharedBackend.registrySet} */
@@ -346,6 +424,8 @@ export class InMemoryBackend implements SharedBackend {
   /** {@inheritDoc SharedBackend.close} */
   async close(): Promise<void> {
     this.#closed = true;
+    this.#stopWatchExpiry();
+    this.#closedController.abort();
     this.#threads.clear();
     this.#chains.clear();
     this.#uuids.clear();
@@ -402,10 +482,50 @@ export class InMemoryBackend implements SharedBackend {
     return thread;
   }
 
-  /** Forgets a thread and recycles its pages. */
+  /** Forgets a thread and recycles its pages; its watches end. */
   #drop(threadId: string, thread: Thread): void {
     this.#threads.delete(threadId);
     this.#pages.recycle(thread);
+    if (this.#watchers.size > 0) this.#watchers.notify(threadId, "gone");
+  }
+
+  /** Wakes the watches of a thread that was appended to. */
+  #appended(threadId: string, thread: Thread): void {
+    this.#watchers.notify(threadId, "changed");
+    if (this.#watchers.has(threadId)) this.#watchExpiryBy(thread.expiresAt);
+  }
+
+  /**
+   * Makes sure the expiry timer runs by `at` (in the backend's clock): an
+   * append only moves a thread's expiry later, so an earlier timer stays and
+   * reschedules itself when it finds nothing expired.
+   */
+  #watchExpiryBy(at: number): void {
+    if (at === Infinity || at >= this.#watchExpiryAt) return;
+    clearTimeout(this.#watchExpiry);
+    this.#watchExpiryAt = at;
+    this.#watchExpiry = setTimeout(
+      () => this.#expireWatched(),
+      Math.max(0, at - this.#now()) + 1,
+    );
+  }
+
+  /** Drops the watched threads that expired (ending their watches), then rearms. */
+  #expireWatched(): void {
+    this.#watchExpiry = undefined;
+    this.#watchExpiryAt = Infinity;
+    if (this.#closed) return;
+    const now = this.#now();
+    for (const threadId of [...this.#watchers.threadIds()]) {
+      const thread = this.#liveThread(threadId, now);
+      if (thread !== undefined) this.#watchExpiryBy(thread.expiresAt);
+    }
+  }
+
+  #stopWatchExpiry(): void {
+    clearTimeout(this.#watchExpiry);
+    this.#watchExpiry = undefined;
+    this.#watchExpiryAt = Infinity;
   }
 
   #livePair(

@@ -55,8 +55,21 @@
 import { withTimeout } from "../_async.ts";
 import { type BackendConfig, resolveConfig } from "../config.ts";
 import { BackendClosedError } from "../errors.ts";
-import type { BackendStats, SharedBackend } from "../protocol.ts";
-import { checkId, checkRange, checkSlot, isSlotIndex } from "../_validate.ts";
+import type {
+  BackendStats,
+  BufferAppendOptions,
+  BufferWatchOptions,
+  SharedBackend,
+  WatchedSlot,
+} from "../protocol.ts";
+import {
+  checkAppendOptions,
+  checkId,
+  checkRange,
+  checkSlot,
+  isSlotIndex,
+} from "../_validate.ts";
+import { watchThread } from "../_watch.ts";
 import { RedisAppender } from "./_redis_appends.ts";
 import { RedisConnection } from "./_redis_connection.ts";
 import { type RedisKeys, redisKeys } from "./_redis_keys.ts";
@@ -64,7 +77,14 @@ import { defineScripts, type ScriptClient } from "./_redis_scripts.ts";
 
 // What this entry point's signatures name, so that it documents alone (JSR).
 export type { BackendConfig } from "../config.ts";
-export type { BackendKind, BackendStats, SharedBackend } from "../protocol.ts";
+export type {
+  BackendKind,
+  BackendStats,
+  BufferAppendOptions,
+  BufferWatchOptions,
+  SharedBackend,
+  WatchedSlot,
+} from "../protocol.ts";
 
 /** How long `ping()` waits before it resolves `false`. */
 const PING_TIMEOUT_MS = 2_000;
@@ -119,7 +139,10 @@ export class RedisBackend implements SharedBackend {
   readonly #keys: RedisKeys;
   readonly #ttlMs: number;
   readonly #maxSlotBytes: number;
+  readonly #retryTimeoutMs: number;
   #closed = false;
+  /** Aborted by close(): every watch ends. */
+  readonly #watchesEnd = new AbortController();
   #closing: Promise<void> | undefined;
 
   private constructor(
@@ -131,6 +154,7 @@ export class RedisBackend implements SharedBackend {
     this.#keys = redisKeys(config.prefix);
     this.#ttlMs = config.ttlMs;
     this.#maxSlotBytes = config.maxSlotBytes;
+    this.#retryTimeoutMs = config.retryTimeoutMs;
     this.#appender = new RedisAppender({
       connection,
       client: this.#client,
@@ -181,15 +205,47 @@ export class RedisBackend implements SharedBackend {
   }
 
   /** {@inheritDoc SharedBackend.bufferAppend} */
-  bufferAppend(threadId: string, slot: Uint8Array): Promise<number> {
+  bufferAppend(
+    threadId: string,
+    slot: Uint8Array,
+    options?: BufferAppendOptions,
+  ): Promise<number> {
     try {
       this.#enter("bufferAppend");
       checkId("threadId", threadId);
       checkSlot(slot, this.#maxSlotBytes);
+      checkAppendOptions(options);
     } catch (error) {
       return Promise.reject(error);
     }
     return this.#appender.append(threadId, slot);
+  }
+
+  /**
+   * {@inheritDoc SharedBackend.bufferWatch}
+   */
+  bufferWatch(
+    threadId: string,
+    options?: BufferWatchOptions,
+  ): AsyncIterableIterator<WatchedSlot> {
+    // Interim source (issue 12 replaces it): wakes every watch every 100 ms.
+    return watchThread(
+      {
+        kind: this.kind,
+        bufferGetRange: (id, start, end) => this.bufferGetRange(id, start, end),
+        bufferThreadLen: (id) => this.bufferThreadLen(id),
+        watchSource: {
+          subscribe: (_id, wake) => {
+            const timer = setInterval(() => wake("changed"), 100);
+            return Promise.resolve(() => clearInterval(timer));
+          },
+        },
+        closedSignal: this.#watchesEnd.signal,
+        retryTimeoutMs: this.#retryTimeoutMs,
+      },
+      threadId,
+      options,
+    );
   }
 
   /** {@inheritDoc SharedBackend.bufferGetThread} */
@@ -445,6 +501,7 @@ export class RedisBackend implements SharedBackend {
   close(): Promise<void> {
     if (this.#closing !== undefined) return this.#closing;
     this.#closed = true;
+    this.#watchesEnd.abort();
     this.#closing = (async () => {
       await this.#appender.drain();
       await this.#connection.close();

@@ -57,7 +57,14 @@ import {
   storePrefix,
 } from "./_store.ts";
 
-export type { BackendKind, BackendStats, SharedBackend } from "../protocol.ts";
+export type {
+  BackendKind,
+  BackendStats,
+  BufferAppendOptions,
+  BufferWatchOptions,
+  SharedBackend,
+  WatchedSlot,
+} from "../protocol.ts";
 
 /**
  * The exit codes of the inspector.

@@ -34,6 +34,7 @@ import { delay } from "../_async.ts";
 import type { BackendConfig } from "../config.ts";
 import { BackendClosedError } from "../errors.ts";
 import type { SharedBackend } from "../protocol.ts";
+import { APPEND_ID_CHECKS } from "./_checks_append_ids.ts";
 import { BUFFER_CHECKS } from "./_checks_buffer.ts";
 import { DELETION_CHECKS } from "./_checks_deletion.ts";
 import { ID_CHECKS } from "./_checks_ids.ts";
@@ -43,12 +44,20 @@ import { READ_CHECKS } from "./_checks_reads.ts";
 import { REGISTRY_CHECKS } from "./_checks_registry.ts";
 import { TENANT_CHECKS } from "./_checks_tenants.ts";
 import { TTL_CHECKS } from "./_checks_ttl.ts";
+import { WATCH_CHECKS } from "./_checks_watch.ts";
 import type { Check, Open, TimeControl } from "./_fixtures.ts";
 
 // The types this module's signatures name, so that its documentation is whole
 // when `./testing` is read alone.
 export type { BackendConfig } from "../config.ts";
-export type { BackendKind, BackendStats, SharedBackend } from "../protocol.ts";
+export type {
+  BackendKind,
+  BackendStats,
+  BufferAppendOptions,
+  BufferWatchOptions,
+  SharedBackend,
+  WatchedSlot,
+} from "../protocol.ts";
 
 /**
  * How the suite opens backends of the implementation under test.
@@ -128,6 +137,8 @@ const SECTIONS: readonly (readonly Check[])[] = [
   TTL_CHECKS,
   TENANT_CHECKS,
   LIFECYCLE_CHECKS,
+  APPEND_ID_CHECKS,
+  WATCH_CHECKS,
 ];
 
 /**
@@ -155,6 +166,7 @@ const SECTIONS: readonly (readonly Check[])[] = [
  *     await runConformanceSuite(t, {
  *       name: "kv",
  *       open: (config) => KvBackend.open({ ...config, kvPath }),
+ *       skip: { appendId: "not yet on kv", "append ids": "not yet on kv", "deleted or cleared": "not yet on kv", "of its thread's expiry": "not yet on kv" },
  *     });
  *   } finally {
  *     await Deno.remove(kvPath);

