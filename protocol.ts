@@ -175,6 +175,12 @@ export interface SharedBackend extends AsyncDisposable {
   readonly kind: BackendKind;
 
   /**
+   * The sliding TTL this backend writes with, in milliseconds (0: nothing
+   * it writes expires).
+   */
+  readonly ttlMs: number;
+
+  /**
    * Appends a slot to a thread, creating the thread if needed, and refreshes
    * the thread's TTL.
    *
@@ -335,6 +341,16 @@ export interface SharedBackend extends AsyncDisposable {
    * @returns Its chain, or `null`.
    */
   registryGetChain(uuid: string): Promise<string | null>;
+
+  /**
+   * Refreshes the TTL of a uuid's pair, both directions, if it is mapped
+   * (as if it had just been written, without changing it). What keeps the
+   * chain of a live conversation from expiring before its thread.
+   *
+   * @param uuid The uuid.
+   * @returns `true` if it was mapped (and is refreshed).
+   */
+  registryRefresh(uuid: string): Promise<boolean>;
 
   /**
    * Removes a uuid's pair, both directions.

@@ -185,6 +185,11 @@ export class KvBackend implements SharedBackend {
   readonly #store: KvStore;
   /** Whether close() closes the KV: not when the caller passed it in. */
   readonly #ownsKv: boolean;
+  /** {@inheritDoc SharedBackend.ttlMs} */
+  get ttlMs(): number {
+    return this.#ttlMs;
+  }
+
   readonly #ttlMs: number;
   readonly #maxSlotBytes: number;
   readonly #retryTimeoutMs: number;
@@ -485,6 +490,15 @@ export class KvBackend implements SharedBackend {
       await this.#sweeper.maintain();
       return await this.#registry.chainOf(uuid);
     });
+  }
+
+  /** {@inheritDoc SharedBackend.registryRefresh} */
+  async registryRefresh(uuid: string): Promise<boolean> {
+    // Interim (issue 10 makes it one atomic step): re-write the pair if mapped.
+    const chain = await this.registryGetChain(uuid);
+    if (chain === null) return false;
+    await this.registrySet(chain, uuid);
+    return true;
   }
 
   /** {@inheritDoc SharedBackend.registryDelete} */

@@ -131,6 +131,11 @@ export class InMemoryBackend implements SharedBackend {
   /** Always `"memory"`. */
   readonly kind = "memory" as const;
 
+  /** {@inheritDoc SharedBackend.ttlMs} */
+  get ttlMs(): number {
+    return this.#ttlMs;
+  }
+
   readonly #ttlMs: number;
   readonly #maxSlotsPerThread: number;
   readonly #maxThreads: number;
@@ -372,6 +377,16 @@ export class InMemoryBackend implements SharedBackend {
     const now = this.#enter("registryGetChain");
     checkId("uuid", uuid);
     return this.#livePair(this.#uuids, uuid, now)?.chain ?? null;
+  }
+
+  /** {@inheritDoc SharedBackend.registryRefresh} */
+  async registryRefresh(uuid: string): Promise<boolean> {
+    const now = this.#enter("registryRefresh");
+    checkId("uuid", uuid);
+    const pair = this.#livePair(this.#uuids, uuid, now);
+    if (pair === undefined) return false;
+    if (this.#ttlMs > 0) this.#expireAt(pair, now + this.#ttlMs);
+    return true;
   }
 
   /** {@inheritDoc SharedBackend.registryDelete} */

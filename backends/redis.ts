@@ -137,6 +137,11 @@ export class RedisBackend implements SharedBackend {
   /** Sends the appends, coalesced into script calls. */
   readonly #appender: RedisAppender;
   readonly #keys: RedisKeys;
+  /** {@inheritDoc SharedBackend.ttlMs} */
+  get ttlMs(): number {
+    return this.#ttlMs;
+  }
+
   readonly #ttlMs: number;
   readonly #maxSlotBytes: number;
   readonly #retryTimeoutMs: number;
@@ -400,6 +405,15 @@ export class RedisBackend implements SharedBackend {
       `look up uuid ${JSON.stringify(uuid)}`,
       () => this.#client.get(this.#keys.uuid(uuid)),
     );
+  }
+
+  /** {@inheritDoc SharedBackend.registryRefresh} */
+  async registryRefresh(uuid: string): Promise<boolean> {
+    // Interim (issue 10 makes it one atomic step): re-write the pair if mapped.
+    const chain = await this.registryGetChain(uuid);
+    if (chain === null) return false;
+    await this.registrySet(chain, uuid);
+    return true;
   }
 
   /** {@inheritDoc SharedBackend.registryDelete} */

@@ -116,6 +116,34 @@ export const TTL_CHECKS: Check[] = [
       assert.equal(await keep.registryGetUuid("chain.forever"), "u-forever");
       assert.equal((await keep.stats()).ttlMs, 0);
       assert.equal((await a.stats()).ttlMs, T);
+      assert.equal(a.ttlMs, T);
+      assert.equal(keep.ttlMs, 0);
+    },
+  },
+  {
+    name:
+      "registryRefresh() keeps a pair alive both ways for another ttlMs; false for an unmapped uuid, writing nothing",
+    async fn(open, time) {
+      const T = time.ttlMs;
+      const a = await open({ ttlMs: T });
+      const t0 = time.now();
+      await a.registrySet("chain.kept", "u-kept");
+      await a.registrySet("chain.idle", "u-idle");
+      assert.equal(await a.registryRefresh("u-unmapped"), false);
+      await time.until(t0 + T / 2);
+      assert.equal(await a.registryRefresh("u-kept"), true);
+      const refreshed = time.now();
+      await time.until(t0 + T + time.slackMs);
+      assert.equal(await a.registryGetChain("u-idle"), null);
+      if (time.now() < refreshed + T - (time.exact ? 1 : 500)) {
+        assert.equal(await a.registryGetChain("u-kept"), "chain.kept");
+        assert.equal(await a.registryGetUuid("chain.kept"), "u-kept");
+      }
+      await time.until(refreshed + T + time.slackMs);
+      assert.equal(await a.registryGetChain("u-kept"), null);
+      assert.equal(await a.registryGetUuid("chain.kept"), null);
+      assert.equal(await a.registryRefresh("u-kept"), false);
+      assert.deepEqual(await a.registryListAll(), new Map());
     },
   },
 ];
