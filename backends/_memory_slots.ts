@@ -102,24 +102,27 @@ export function copyIn(
   slots.layout.push(slots.current, start, size);
 }
 
-/** Copies slots [from, to) out into one new buffer, so a caller can never reach a page. */
+/**
+ * Copies slots [from, to) out, each into an `ArrayBuffer` of its own, so a
+ * caller can never reach a page, and transferring or keeping one slot never
+ * touches another (one shared buffer was 4-5x faster to make, but
+ * transferring slot 0 to a Worker detached them all, and keeping one small
+ * slot kept the whole read alive).
+ */
 export function copyOut(
   slots: ThreadSlots,
   from: number,
   to: number,
 ): Uint8Array[] {
   const { pages, layout } = slots;
-  let total = 0;
-  for (let i = from; i < to; i++) total += layout[3 * i + 2]!;
-  const buffer = new Uint8Array(total);
   const copies = new Array<Uint8Array>(to - from);
-  let offset = 0;
   for (let i = from; i < to; i++) {
     const page = pages[layout[3 * i]!]!;
     const start = layout[3 * i + 1]!;
     const size = layout[3 * i + 2]!;
-    buffer.set(page.subarray(start, start + size), offset);
-    copies[i - from] = buffer.subarray(offset, offset += size);
+    // Pages are plain Uint8Arrays (never a Node Buffer), so slice() copies:
+    // the fastest per-slot copy measured (1.5x faster than new + set).
+    copies[i - from] = page.slice(start, start + size);
   }
   return copies;
 }

@@ -90,8 +90,42 @@ Deno.bench({
     await rawGet("long");
   },
 });
+// The naive copy a user would write: one buffer for the whole read, a view
+// per slot (what this backend did before each slot got its own ArrayBuffer:
+// cheaper, but transferring one slot detached them all).
+// deno-lint-ignore require-await
+const sharedCopy = async (threadId: string) => {
+  const slots = threadId === "long" ? rawLong : [];
+  let total = 0;
+  for (const slot of slots) total += slot.byteLength;
+  const buffer = new Uint8Array(total);
+  let offset = 0;
+  return slots.map((slot) => {
+    buffer.set(slot, offset);
+    return buffer.subarray(offset, offset += slot.byteLength);
+  });
+};
 Deno.bench({
-  name: "InMemoryBackend.bufferGetThread (copies each slot)",
+  name: "one shared buffer, a view per slot (slots alias)",
+  group: "memory: read a 1 000-slot thread",
+  fn: async () => {
+    await sharedCopy("long");
+  },
+});
+Deno.bench({
+  name: "a copy per slot (new Uint8Array + set each)",
+  group: "memory: read a 1 000-slot thread",
+  // deno-lint-ignore require-await
+  fn: async () => {
+    rawLong.map((slot) => {
+      const copy = new Uint8Array(slot.byteLength);
+      copy.set(slot);
+      return copy;
+    });
+  },
+});
+Deno.bench({
+  name: "InMemoryBackend.bufferGetThread (each slot its own ArrayBuffer)",
   group: "memory: read a 1 000-slot thread",
   fn: async () => {
     await long.bufferGetThread("long");

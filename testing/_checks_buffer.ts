@@ -9,6 +9,7 @@
 // another check having run.
 
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import {
   assertDense,
   assertSameBytes,
@@ -180,6 +181,56 @@ export const BUFFER_CHECKS: Check[] = [
       (await b.bufferGetThread("copy"))[0]![2] = 99;
       (await b.bufferGetRange("copy", 0))[0]![0] = 98;
       assert.deepEqual(await b.bufferGetThread("copy"), [bytes(1, 2, 3)]);
+    },
+  },
+  {
+    name:
+      "a Node Buffer is stored as a copy: writing to it after bufferAppend() changes nothing stored, small or large",
+    async fn(open) {
+      const b = await open({ maxSlotBytes: 1024 * 1024 });
+      const cases = [Buffer.from([1, 2, 3]), Buffer.alloc(40_000, 5)];
+      const expected = cases.map((buffer) => new Uint8Array(buffer));
+      for (const buffer of cases) await b.bufferAppend("buffer", buffer);
+      // A 1 MiB Buffer changed while its append is in flight is stored whole.
+      const big = Buffer.alloc(1024 * 1024, 7);
+      const pending = b.bufferAppend("buffer", big);
+      big.fill(8);
+      await pending;
+      for (const buffer of cases) buffer.fill(0);
+      const stored = await b.bufferGetThread("buffer");
+      assert.equal(stored.length, 3);
+      assertSameBytes(stored[0], expected[0]!, "small Buffer");
+      assertSameBytes(stored[1], expected[1]!, "40 000-byte Buffer");
+      assertSameBytes(stored[2], new Uint8Array(1024 * 1024).fill(7), "1 MiB");
+    },
+  },
+  {
+    name:
+      "each slot a read returns owns its own ArrayBuffer: transferring or keeping one never touches another",
+    async fn(open) {
+      const b = await open();
+      const slots = [bytes(1), bytes(2, 2), new Uint8Array(20_000).fill(3)];
+      for (const slot of slots) await b.bufferAppend("own", slot);
+      const reads = [
+        await b.bufferGetThread("own"),
+        await b.bufferGetRange("own", 0, 3),
+        [await b.bufferGetSlot("own", 1)],
+      ];
+      for (const read of reads) {
+        for (const slot of read) {
+          assert.ok(slot !== null);
+          assert.equal(slot.byteOffset, 0, "a view into a larger buffer");
+          assert.equal(
+            slot.buffer.byteLength,
+            slot.byteLength,
+            "its ArrayBuffer holds more than the slot",
+          );
+        }
+      }
+      const [first, ...rest] = reads[0]!;
+      structuredClone(first, { transfer: [first!.buffer as ArrayBuffer] });
+      assert.equal(first!.byteLength, 0, "the transfer detached slot 0");
+      assert.deepEqual(rest, slots.slice(1));
     },
   },
   {

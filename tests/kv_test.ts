@@ -12,6 +12,8 @@ Deno.test("KvBackend meets the shared-backend contract", async (t) => {
       open: (config) => KvBackend.open({ ...config, kvPath }),
       // Until issues 11 and 12 land on this backend (interim stubs).
       skip: {
+        "a Node Buffer is stored as a copy":
+          "issue 10 defect 3, in progress on kv",
         "appendId": "append ids are not implemented on this backend yet",
         "append ids": "append ids are not implemented on this backend yet",
         "deleted or cleared":
