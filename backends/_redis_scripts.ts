@@ -51,6 +51,21 @@ end
 `;
 
 /**
+ * Tells a thread's watchers (see `_redis_subscriber.ts`) that it changed: on
+ * its channel T + ":w:" + id (T from the thread index key `T:threads`: the
+ * tenant's hash tag, so the channel hashes to the tenant's slot), with
+ * sharded SPUBLISH on Redis >= 7 (`redis.REDIS_VERSION` exists from 7.0),
+ * else PUBLISH. `message` is "<from> <to> <ttlMs>" (slots [from, to) were
+ * appended; the thread expires ttlMs from now, 0: never) or "gone".
+ */
+const ANNOUNCE = `
+local function announce(index, id, message)
+  redis.call(redis.REDIS_VERSION and 'SPUBLISH' or 'PUBLISH',
+    string.sub(index, 1, -9) .. ':w:' .. id, message)
+end
+`;
+
+/**
  * Appends slots to one or more threads of a tenant, checking the limits.
  *
  * KEYS[1] the thread index; KEYS[2..n+1] the threads' lists (distinct).
@@ -75,7 +90,7 @@ end
  * expiry, a lower bound that PRUNE corrects), and server time is read only
  * then.
  */
-const APPEND = `${NOW}${PRUNE}
+const APPEND = `${NOW}${PRUNE}${ANNOUNCE}
 local index = KEYS[1]
 local ttl, max_slots, max_threads = string.match(ARGV[1], '^(%d+) (%d+) (%d+)$')
 ttl, max_slots, max_threads = tonumber(ttl), tonumber(max_slots), tonumber(max_threads)
@@ -127,6 +142,8 @@ for i = 1, n do
     else
       redis.call('PERSIST', key)
     end
+    announce(index, string.sub(key, #index - 4),
+      string.format('%d %d %d', len, len + take, ttl))
   end
   if refused then
     out[i] = -1
@@ -142,12 +159,14 @@ return out
 `;
 
 /**
- * Deletes a thread. KEYS[1] the thread index, KEYS[2] the list; ARGV[1] the
- * thread id. Returns 1 if the thread existed.
+ * Deletes a thread (announced "gone" if it existed). KEYS[1] the thread
+ * index, KEYS[2] the list; ARGV[1] the thread id. Returns 1 if the thread
+ * existed.
  */
-const DELETE_THREAD = `
+const DELETE_THREAD = `${ANNOUNCE}
 local existed = redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[1])
+if existed == 1 then announce(KEYS[1], ARGV[1], 'gone') end
 return existed
 `;
 
@@ -162,13 +181,15 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 `;
 
 /**
- * Deletes every thread of the tenant. KEYS[1] the thread index; ARGV[1] the
- * thread key prefix. Returns the number of ids deleted.
+ * Deletes every thread of the tenant (each announced "gone"). KEYS[1] the
+ * thread index; ARGV[1] the thread key prefix. Returns the number of ids
+ * deleted.
  */
-const CLEAR_THREADS = `
+const CLEAR_THREADS = `${ANNOUNCE}
 local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
 local batch = {}
 for i = 1, #ids do
+  announce(KEYS[1], ids[i], 'gone')
   batch[#batch + 1] = ARGV[1] .. ids[i]
   if #batch == 500 then
     redis.call('UNLINK', unpack(batch))
