@@ -44,8 +44,10 @@
  *   sees `number`s above 32 bits as floats.
  * - Null-prototype objects come back as ordinary objects; non-enumerable
  *   properties are not stored (as in JSON).
- * - Decoded `Uint8Array`s are views into one private copy of the slot, never
- *   into the caller's `data`.
+ * - Each decoded `Uint8Array` owns its bytes: a plain `Uint8Array` over its
+ *   own `ArrayBuffer` of exactly its length, whatever `data` was (a Node
+ *   `Buffer` or a view too). It aliases neither `data` nor another decoded
+ *   binary, can be transferred alone, and keeps nothing else alive.
  * - `deserializeSlot` accepts only standard MessagePack plus extension type
  *   1 (`Map`): any other extension type, map keys that are not strings or
  *   numbers, a `"__proto__"` key, trailing bytes, truncation and nesting
@@ -68,7 +70,13 @@
  * (Encoded sizes: 251 B and 13,242 B for both libraries; JSON 293 B and
  * 16,553 B.) The last column adds what keeps values exact: the walk that
  * refuses unrepresentable values, `ignoreUndefined`, the extension codec,
- * the private copy and the nesting count.
+ * the nesting count and (figures measured before binaries were copied one by
+ * one) a private copy of the whole slot. Since then no whole-slot copy is
+ * made and each decoded binary is copied instead: these slots (no binaries)
+ * decode as fast or faster; a slot holding binaries pays one allocation per
+ * binary (measured on the same noisy machine: a 200 B slot with 3 binaries
+ * 2.0 µs before, 5.0 µs after; a 20 KB slot with 20 binaries of 1 KB 5.8 µs
+ * before, 14.8 µs after; one binary of 100 KB 15 µs before, 17 µs after).
  *
  * msgpackr is faster (1.5x to 1.65x encoding, 1.2x to 1.4x decoding, with its
  * native addon loaded) but does not meet the contract: its decoder accepts
@@ -94,6 +102,7 @@ import {
   ExtData,
   ExtensionCodec,
 } from "@msgpack/msgpack";
+import { copyBytes } from "./_bytes.ts";
 import { describe } from "./_messages.ts";
 
 /** The MessagePack extension type that carries a `Map`. */
@@ -241,7 +250,8 @@ export function serializeSlot(value: unknown): Uint8Array {
  * @typeParam T The type the caller expects (not verified).
  * @param data The bytes of one slot, as written by {@linkcode serializeSlot}
  * or any standard MessagePack writer.
- * @returns The decoded value.
+ * @returns The decoded value: a fresh one, sharing no memory with `data`
+ * (each `Uint8Array` in it is a copy in its own `ArrayBuffer`).
  * @throws {TypeError} If `data` is not a `Uint8Array`, or is not exactly one
  * standard MessagePack value (truncated, trailing bytes, an unknown extension
  * type, non-string/number map keys, a `"__proto__"` key, nesting deeper than
@@ -255,10 +265,10 @@ export function deserializeSlot<T = unknown>(data: Uint8Array): T {
     );
   }
   try {
-    // Decoded binaries are views into the buffer they came from: give them a private copy.
-    const bytes = data.slice();
-    _checkNesting(bytes);
-    return _decoder.decode(bytes) as T;
+    const hasBinaries = _checkNesting(data);
+    const value: unknown = _decoder.decode(data);
+    // The decoder returns binaries as views into `data`: copy each one.
+    return (hasBinaries ? _ownBinaries(value) : value) as T;
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);
     throw new TypeError(`deserializeSlot: malformed MessagePack: ${reason}`, {
@@ -403,16 +413,53 @@ function _formatPath(path: readonly (string | number)[]): string {
   return out;
 }
 
+/**
+ * Replaces every `Uint8Array` in a decoded value by a copy in its own
+ * `ArrayBuffer`. @msgpack/msgpack decodes a bin (and the payload of an
+ * extension, so also the binaries of a `Map`) as a `subarray` of its input:
+ * a view that would alias the caller's bytes (a Node `Buffer` included),
+ * share one `ArrayBuffer` with every other binary of the slot, and keep the
+ * whole slot alive. The value is fresh from the decoder: changed in place.
+ */
+function _ownBinaries(value: unknown): unknown {
+  if (value === null || typeof value !== "object") return value;
+  if (value instanceof Uint8Array) return copyBytes(value);
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      value[i] = _ownBinaries(value[i]);
+    }
+    return value;
+  }
+  if (value instanceof Map) {
+    // Keys may be binaries too: refill the Map in its order.
+    const entries = [...value];
+    value.clear();
+    for (const [key, item] of entries) {
+      value.set(_ownBinaries(key), _ownBinaries(item));
+    }
+    return value;
+  }
+  if (value instanceof Date) return value;
+  const record = value as Record<string, unknown>;
+  for (const key of Object.keys(record)) {
+    record[key] = _ownBinaries(record[key]);
+  }
+  return value;
+}
+
 // @msgpack/msgpack's Decoder is iterative and has no depth limit, so a few
 // megabytes of 0x91 would decode to millions of nested arrays: count first.
-// Only headers are read; the decoder still validates everything.
-function _checkNesting(bytes: Uint8Array): void {
+// Only headers are read; the decoder still validates everything. Returns
+// whether the value holds a bin (what _ownBinaries must copy): every bin of
+// a well-formed value, inside a Map extension too, has its header read here.
+function _checkNesting(bytes: Uint8Array): boolean {
   // DataView reads past the end throw a RangeError: the slot is truncated.
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const pending: number[] = []; // values still to read in each open container
   const isLevel: boolean[] = []; // false for a Map extension wrapping its array
   let depth = 0;
   let pos = 0;
+  let hasBinaries = false;
   while (pos < bytes.byteLength) {
     const token = view.getUint8(pos);
     let items = -1; // >= 0 when this value is a container of that many values
@@ -428,6 +475,7 @@ function _checkNesting(bytes: Uint8Array): void {
     } else if (token <= 0xbf) {
       pos += 1 + (token - 0xa0);
     } else {
+      if (token >= 0xc4 && token <= 0xc6) hasBinaries = true;
       switch (token) {
         case 0xc4: // bin 8, str 8
         case 0xd9:
@@ -497,7 +545,7 @@ function _checkNesting(bytes: Uint8Array): void {
           pos += 5;
           break;
         default:
-          return; // 0xc1 (never used): the decoder reports it
+          return hasBinaries; // 0xc1 (never used): the decoder reports it
       }
     }
     if (nested || items > 0) {
@@ -515,6 +563,7 @@ function _checkNesting(bytes: Uint8Array): void {
       pending.pop();
       if (isLevel.pop()) depth--;
     }
-    if (pending.length === 0) return; // the decoder reports trailing bytes
+    if (pending.length === 0) return hasBinaries; // the decoder reports trailing bytes
   }
+  return hasBinaries;
 }

@@ -203,6 +203,46 @@ Deno.test("deserializeSlot() round-trips every supported type", async (t) => {
   });
 
   await t.step(
+    "decoding a Node Buffer returns binaries that own their bytes, on every path (issue 10 defect 3)",
+    () => {
+      const key = bytes(4, 4);
+      const value = {
+        top: bytes(1, 1, 1),
+        list: [bytes(2, 2), [bytes(3)]],
+        map: new Map<unknown, unknown>([[key, bytes(5, 5)], ["k", {
+          deep: bytes(6),
+        }]]),
+        empty: new Uint8Array(0),
+      };
+      // A Buffer from Node's pool: a view into a larger shared ArrayBuffer.
+      const buffer = Buffer.from(serializeSlot(value));
+      const back = deserializeSlot<typeof value>(buffer);
+      const binaries: Uint8Array[] = [
+        back.top,
+        back.list[0] as Uint8Array,
+        (back.list[1] as Uint8Array[])[0]!,
+        ...[...back.map.keys()].filter((k) => k instanceof Uint8Array),
+        back.map.get([...back.map.keys()][0]) as Uint8Array,
+        (back.map.get("k") as { deep: Uint8Array }).deep,
+        back.empty,
+      ];
+      assert.equal(binaries.length, 7);
+      for (const binary of binaries) {
+        assert.equal(Object.getPrototypeOf(binary), Uint8Array.prototype);
+        assert.equal(binary.byteOffset, 0, "not a view into a larger buffer");
+        assert.equal(binary.buffer.byteLength, binary.byteLength);
+      }
+      assert.equal(new Set(binaries.map((b) => b.buffer)).size, 7);
+      buffer.fill(0xee);
+      assert.deepEqual(back, value, "the caller's later writes change nothing");
+      // Transferring one binary leaves the others whole.
+      structuredClone(back.top, { transfer: [back.top.buffer as ArrayBuffer] });
+      assert.equal(back.top.byteLength, 0);
+      assert.deepEqual(back.list[0], bytes(2, 2));
+    },
+  );
+
+  await t.step(
     "Dates come back to the millisecond, before and after the epoch and far out",
     () => {
       const dates = [
