@@ -1,0 +1,195 @@
+/**
+ * Multi-isolate HTTP throughput on one KV file: the example service
+ * (`examples/agent-service`) under `deno serve --parallel` with 1, 2 and 4
+ * isolates, driven with a fixed number of concurrent keep-alive connections;
+ * every request appends one message (`POST /conversations/:uuid/messages`,
+ * `ContextBuffer.append` on the KV backend). Prints requests/s, p50, p99 and
+ * max latency, and the ratios to one isolate, for requests spread over 100
+ * conversations and for one hot conversation.
+ *
+ * ```sh
+ * deno run -A bench/isolates_serve.ts                    # 1,2,4 isolates, 10 s runs, 32 connections
+ * deno run -A bench/isolates_serve.ts --isolates 1,2 --seconds 3 --connections 8 --threads 1
+ * ```
+ *
+ * Options: `--isolates` (default 1,2,4), `--seconds` per run (default 10,
+ * after `--warmup` seconds not counted, default 1), `--connections` (default
+ * 32), `--threads` (conversations per shape, default 100,1), `--backend`
+ * (`kv`, default, on a fresh temporary file per run; `redis` starts its own
+ * `redis-server`). The targets of issue 13 are checked per row: requests/s
+ * at least 1.0x one isolate's over 100 threads and 0.8x on one, p99 at most
+ * 3x one isolate's, no request over 250 ms.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { drive, quantile } from "../examples/agent-service/_load.ts";
+import { startService } from "../examples/agent-service/_server.ts";
+import { startRedisServer } from "../tests/_redis_server.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    isolates: { type: "string", default: "1,2,4" },
+    seconds: { type: "string", default: "10" },
+    warmup: { type: "string", default: "1" },
+    connections: { type: "string", default: "32" },
+    threads: { type: "string", default: "100,1" },
+    backend: { type: "string", default: "kv" },
+  },
+});
+const isolateCounts = values.isolates.split(",").map(Number);
+const durationMs = Number(values.seconds) * 1000;
+const warmupMs = Number(values.warmup) * 1000;
+const connections = Number(values.connections);
+const shapes = values.threads.split(",").map(Number);
+const backend = values.backend;
+if (backend !== "kv" && backend !== "redis") {
+  throw new TypeError(
+    `Invalid --backend: expected kv or redis, got ${backend}`,
+  );
+}
+
+/** One row of the table. */
+interface Row {
+  threads: number;
+  isolates: number;
+  rate: number;
+  p50: number;
+  p99: number;
+  max: number;
+  failed: number;
+  firstFailure: string | undefined;
+}
+
+/** One run: a fresh store, the service, conversations, warm-up, the measured load. */
+async function run(isolates: number, threads: number): Promise<Row> {
+  const dir = await Deno.makeTempDir({ prefix: "bench_isolates_serve_" });
+  await using redis = backend === "redis"
+    ? await startRedisServer({ own: true })
+    : undefined;
+  const env: Record<string, string> = redis === undefined
+    ? { XP_KV_PATH: `${dir}/agents.db` }
+    : { XP_BACKEND: "redis", XP_REDIS_URL: redis.url };
+  try {
+    await using service = await startService({
+      isolates,
+      env: { ...env, XP_MAX_SLOTS_PER_THREAD: "100000000", XP_TTL_MS: "0" },
+      ...(redis === undefined
+        ? {}
+        : { permissions: ["--allow-net", "--allow-env"] }),
+    });
+    const uuids: string[] = [];
+    await drive({
+      url: service.url,
+      connections: Math.min(threads, 16),
+      count: threads,
+      request: (n) => ({
+        path: "/conversations",
+        body: { from: "bench", to: `agent${n}` },
+      }),
+      onResponse: (_n, status, body) => {
+        if (status !== 201) throw new Error(JSON.stringify(body));
+        uuids.push((body as { uuid: string }).uuid);
+      },
+    });
+    const payload = { text: "x".repeat(120) };
+    const message = (n: number) => ({
+      path: `/conversations/${uuids[n % uuids.length]}/messages`,
+      body: { from: "bench", to: "agent", payload },
+    });
+    if (warmupMs > 0) {
+      await drive({
+        url: service.url,
+        connections,
+        durationMs: warmupMs,
+        request: message,
+      });
+    }
+    const load = await drive({
+      url: service.url,
+      connections,
+      durationMs,
+      request: message,
+    });
+    return {
+      threads,
+      isolates,
+      rate: load.ok / (load.elapsedMs / 1000),
+      p50: quantile(load.latencies, 0.5),
+      p99: quantile(load.latencies, 0.99),
+      max: Math.max(...load.latencies),
+      failed: load.failed,
+      firstFailure: load.firstFailure,
+    };
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const rows: Row[] = [];
+for (const threads of shapes) {
+  for (const isolates of isolateCounts) {
+    const row = await run(isolates, threads);
+    rows.push(row);
+    console.error(
+      `  ${threads} thread(s), ${isolates} isolate(s): ${
+        Math.round(row.rate)
+      } requests/s, p99 ${row.p99.toFixed(1)} ms, max ${row.max.toFixed(0)} ms`,
+    );
+  }
+}
+
+const ms = (value: number) => `${value.toFixed(value < 10 ? 1 : 0)} ms`;
+console.log(
+  `${backend}: deno serve --parallel, POST /conversations/:uuid/messages (ContextBuffer.append), ${connections} connections, ${
+    durationMs / 1000
+  } s per run after ${warmupMs / 1000} s of warm-up`,
+);
+const header = [
+  "threads",
+  "isolates",
+  "requests/s",
+  "vs 1 isolate",
+  "p50",
+  "p99",
+  "p99 vs 1 isolate",
+  "max",
+  "failed",
+  "targets",
+];
+console.log(`| ${header.join(" | ")} |`);
+console.log(`| ${header.map(() => "---").join(" | ")} |`);
+for (const row of rows) {
+  const base = rows.find((r) => r.threads === row.threads && r.isolates === 1);
+  const rateRatio = base === undefined ? NaN : row.rate / base.rate;
+  const p99Ratio = base === undefined ? NaN : row.p99 / base.p99;
+  const wanted = row.threads > 1 ? 1.0 : 0.8;
+  const misses = [
+    rateRatio < wanted ? `requests/s < ${wanted}x` : "",
+    p99Ratio > 3 ? "p99 > 3x" : "",
+    row.max > 250 ? "max > 250 ms" : "",
+    row.failed > 0 ? "failures" : "",
+  ].filter((miss) => miss !== "");
+  console.log(
+    `| ${
+      [
+        row.threads,
+        row.isolates,
+        Math.round(row.rate).toLocaleString("en-US"),
+        Number.isNaN(rateRatio) ? "" : `${rateRatio.toFixed(2)}x`,
+        ms(row.p50),
+        ms(row.p99),
+        Number.isNaN(p99Ratio) ? "" : `${p99Ratio.toFixed(2)}x`,
+        ms(row.max),
+        row.failed === 0 ? "0" : `${row.failed} (${row.firstFailure})`,
+        row.isolates === 1
+          ? ""
+          : misses.length === 0
+          ? "met"
+          : misses.join(", "),
+      ].join(" | ")
+    } |`,
+  );
+}
