@@ -6,8 +6,10 @@
  * suggested way to fill them. The bytes are standard MessagePack: a Python
  * (`msgpack`) or Go reader decodes simple values, and decoding never runs
  * code. Every value either round-trips exactly or is refused with a
- * `TypeError`/`RangeError` naming what was wrong and where (`$.payload.cb`);
- * nothing is silently changed.
+ * `TypeError`/`RangeError` naming what was wrong and where (`$.payload.cb`),
+ * with one documented exception that follows JSON: an object property whose
+ * value is `undefined` is left out (`{ a: undefined }` comes back `{}`; see
+ * the deliberate choices below for why).
  *
  * ## Type mapping
  *
@@ -28,9 +30,17 @@
  *
  * Deliberate choices:
  * - An object property whose value is `undefined` is left out, as
- *   `JSON.stringify` does: reading it back still gives `undefined`.
- *   `undefined` anywhere else (top level, array item, `Map` key or value) is
- *   a `TypeError`.
+ *   `JSON.stringify` does: `{ a: undefined, b: 1 }` comes back `{ b: 1 }`.
+ *   Reading `a` back still gives `undefined`; only `"a" in value`,
+ *   `Object.keys` and a strict deep equality see the difference. Why not
+ *   refuse it: in TypeScript `{ a: undefined }` is the everyday spelling of
+ *   an absent optional field (`{ text, replyTo: message.replyTo }`), so a
+ *   refusal would turn ordinary payloads into errors on whichever path
+ *   happens to leave a field unset; MessagePack has no `undefined`, and
+ *   storing `nil` would come back `null`, a real change of value. Omit the
+ *   property, or use `null`, when its presence matters. `undefined` anywhere
+ *   else (top level, array item, `Map` key or value) has no such reading and
+ *   is a `TypeError` naming its path.
  * - Refused with a `TypeError`: functions, symbols, sparse arrays (holes),
  *   symbol-keyed properties, an own `"__proto__"` key (use a `Map`), strings
  *   with lone surrogates, class instances and every other object type (`Set`,
