@@ -3,6 +3,7 @@
 // environment, opens a store or prints: main() does.
 
 import { parseArgs } from "node:util";
+import PACKAGE from "../deno.json" with { type: "json" };
 import { errorMessage, quote } from "../_messages.ts";
 import { usageError } from "./_errors.ts";
 
@@ -41,7 +42,9 @@ export const COMMANDS = {
     summary: "count the threads, slots and registry entries of the prefix",
     help:
       "Prints the store, the prefix, the live threads, slots and registry\n" +
-      "entries, and the TTL.",
+      "entries, when the threads expire (kv and redis), and the reader's TTL:\n" +
+      "the TTL this inspector would write with (XP_TTL_MS or the default),\n" +
+      "which is not the data's: data keeps the TTL its writers gave it.",
   },
   threads: {
     summary: "list the threads with their slot counts and chains",
@@ -89,6 +92,15 @@ export const COMMANDS = {
     help: "Prints the chain a uuid maps to; exits 1 when the uuid is not\n" +
       "registered.",
   },
+  prefixes: {
+    summary: "list the prefixes (tenants) that hold data in the store",
+    help:
+      "Lists every prefix (tenant) of the store that holds threads or registry\n" +
+      "entries, with what it holds; `cli --prefix P stats` counts one. It reads\n" +
+      "the whole store's key space (kv: one read per prefix; redis: SCAN), as\n" +
+      "an admin command may: the library's own calls never do. kv and redis\n" +
+      "only; on a Redis Cluster, the node the URL names.",
+  },
   "delete-thread": {
     argument: "threadId",
     summary: "delete a thread and all its slots",
@@ -133,6 +145,8 @@ export interface StoreFlags {
   "kv-path"?: string | undefined;
   "redis-url"?: string | undefined;
   prefix?: string | undefined;
+  /** Create the KV file when it does not exist (else that is an error). */
+  create?: boolean | undefined;
 }
 
 /** A command to run, as the command line gives it. */
@@ -144,8 +158,11 @@ export interface Invocation<C extends Command = Command> {
   store: StoreFlags;
 }
 
-/** What the command line asks for: a help text to print, or a command to run. */
-export type Parsed = { help: string } | ({ help?: undefined } & Invocation);
+/**
+ * What the command line asks for: a text to print (the help, the version),
+ * or a command to run.
+ */
+export type Parsed = { text: string } | ({ text?: undefined } & Invocation);
 
 /** The flags of every command: the store, the output, the help. */
 const GLOBAL_FLAGS = {
@@ -153,8 +170,10 @@ const GLOBAL_FLAGS = {
   "kv-path": { type: "string" },
   "redis-url": { type: "string" },
   prefix: { type: "string" },
+  create: { type: "boolean" },
   json: { type: "boolean" },
   help: { type: "boolean", short: "h" },
+  version: { type: "boolean" },
 } as const;
 
 const COMMAND_NAMES = Object.keys(COMMANDS) as Command[];
@@ -188,29 +207,42 @@ const COMMON_HELP =
   --redis-url URL             redis: the server (XP_REDIS_URL or REDIS_URL;
                               default redis://localhost:6379)
   --prefix PREFIX             the tenant (XP_PREFIX; default "xp:")
+  --create                    kv: create the KV file if it does not exist (without
+                              it, a missing file is an error: a mistyped path)
 
 Output:
   --json                      one JSON document on stdout (errors as JSON on stderr)
   -h, --help                  help (also: help <command>)
+  --version                   the version of @xml-pipeline/shared-backend
 
 Exit codes: 0 done, 1 not found, 2 bad usage, 3 store unreachable or failed.`;
 
 /**
- * Reads the command line: a help text, or the command to run with its
- * argument and flags. Throws a usage `CliError` for anything it cannot run.
+ * Reads the command line: a text to print (help, version), or the command to
+ * run with its argument and flags. Throws a usage `CliError` for anything it
+ * cannot run.
  */
 export function parseCommandLine(args: string[]): Parsed {
   let values: Record<string, string | boolean | undefined>;
   let positionals: string[];
   try {
     ({ values, positionals } = parseArgs({
-      args,
+      args: negativeValuesInline(args),
       strict: true,
       allowPositionals: true,
       options: PARSE_OPTIONS,
     }));
   } catch (error) {
-    throw usageError(errorMessage(error));
+    throw usageError(parseErrorMessage(error, args));
+  }
+  if (values.version === true) {
+    return {
+      text: values.json === true
+        ? `${
+          JSON.stringify({ name: PACKAGE.name, version: PACKAGE.version })
+        }\n`
+        : `${PACKAGE.name} ${PACKAGE.version}\n`,
+    };
   }
   let [name, ...rest] = positionals;
   let help = values.help === true;
@@ -219,7 +251,7 @@ export function parseCommandLine(args: string[]): Parsed {
     [name, ...rest] = rest;
   }
   if (name === undefined) {
-    if (help) return { help: mainHelp() };
+    if (help) return { text: mainHelp() };
     throw usageError("Missing a command");
   }
   if (!Object.hasOwn(COMMANDS, name)) {
@@ -230,7 +262,7 @@ export function parseCommandLine(args: string[]): Parsed {
     );
   }
   const command = name as Command;
-  if (help) return { help: commandHelp(command) };
+  if (help) return { text: commandHelp(command) };
   const spec: CommandSpec = COMMANDS[command];
   const flags: Record<string, string | boolean> = {};
   for (const [flag, { owners }] of FLAG_OWNERS) {
@@ -266,8 +298,58 @@ export function parseCommandLine(args: string[]): Parsed {
       "kv-path": values["kv-path"] as string | undefined,
       "redis-url": values["redis-url"] as string | undefined,
       prefix: values.prefix as string | undefined,
+      create: values.create as boolean | undefined,
     },
   } as Invocation;
+}
+
+/** The string flags: those that take a value. */
+const STRING_FLAGS = new Set(
+  Object.entries(PARSE_OPTIONS).flatMap(([flag, { type }]) =>
+    type === "string" ? [`--${flag}`] : []
+  ),
+);
+
+/**
+ * `--start -1` as `--start=-1`: a value that looks like a negative number
+ * is the flag's value (which its own check then refuses, naming the flag)
+ * rather than node:util's "argument is ambiguous".
+ */
+function negativeValuesInline(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (arg === "--") {
+      out.push(...args.slice(i));
+      break;
+    }
+    const next = args[i + 1];
+    if (
+      STRING_FLAGS.has(arg) && next !== undefined && /^-\d/.test(next)
+    ) {
+      out.push(`${arg}=${next}`);
+      i++;
+    } else {
+      out.push(arg);
+    }
+  }
+  return out;
+}
+
+/** node:util's parse error in the inspector's words where it is unclear. */
+function parseErrorMessage(error: unknown, args: string[]): string {
+  const message = errorMessage(error);
+  const ambiguous = /^Option '(--[\w-]+)[^']*' argument is ambiguous/.exec(
+    message,
+  );
+  if (ambiguous !== null) {
+    const flag = ambiguous[1]!;
+    const value = args[args.indexOf(flag) + 1] ?? "";
+    return `${flag} needs a value, got the option ${
+      quote(value)
+    } (write ${flag}=${value} for a value that starts with "-")`;
+  }
+  return message;
 }
 
 function mainHelp(): string {
@@ -321,6 +403,10 @@ function optionsHelp(flags: Readonly<Record<string, FlagSpec>>): string {
   }));
   const width = Math.max(11, ...rows.map((row) => row.name.length)) + 2;
   return `Options:\n${
-    rows.map((row) => `  ${row.name.padEnd(width)}${row.help}`).join("\n")
+    rows.map((row) =>
+      `  ${row.name.padEnd(width)}${
+        row.help.replaceAll("\n", `\n  ${" ".repeat(width)}`)
+      }`
+    ).join("\n")
   }`;
 }

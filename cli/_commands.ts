@@ -5,6 +5,7 @@
 import type { SharedBackend } from "../protocol.ts";
 import { errorMessage, quote } from "../_messages.ts";
 import { deserializeSlot } from "../serialize.ts";
+import type { AdminAccess } from "./_admin.ts";
 import type { ArgumentOf, Command, FlagValuesOf, Invocation } from "./_args.ts";
 import { CliError, usageError } from "./_errors.ts";
 import {
@@ -14,6 +15,7 @@ import {
   hexDump,
   number,
   printable,
+  roughDuration,
   table,
   toJson,
 } from "./_format.ts";
@@ -32,6 +34,21 @@ export interface Where {
   prefix: string | null;
 }
 
+/**
+ * Where a streaming command (`watch`, `serve`) prints as it goes, and what
+ * ends it. A command that printed everything here returns `null`.
+ */
+export interface Channel {
+  /** Prints to stdout at once. */
+  write(text: string): void;
+  /** Prints a note for people to stderr (not part of the output). */
+  note(text: string): void;
+  /** Whether `--json` was given: `write` one JSON document a line. */
+  json: boolean;
+  /** Aborts on Ctrl-C (or when the caller of `main()` says): the command ends, exit 0. */
+  signal: AbortSignal;
+}
+
 /** What command `C` is given. */
 export interface CommandContext<C extends Command = Command> {
   backend: SharedBackend;
@@ -40,9 +57,15 @@ export interface CommandContext<C extends Command = Command> {
   where: Where;
   /** The end of a message about the store: `under prefix "xp:" of kv: state.db`. */
   under: string;
+  /** What the store tells beyond the protocol (kv, redis), opened on first use. */
+  admin: AdminAccess;
+  /** The output of a streaming command. */
+  out: Channel;
 }
 
-type Run<C extends Command> = (context: CommandContext<C>) => Promise<Output>;
+type Run<C extends Command> = (
+  context: CommandContext<C>,
+) => Promise<Output | null>;
 
 /** Every command's function, by the name of its spec in `_args.ts`. */
 const RUN: { readonly [C in Command]: Run<C> } = {
@@ -52,28 +75,48 @@ const RUN: { readonly [C in Command]: Run<C> } = {
   registry,
   chain,
   uuid,
+  prefixes,
   "delete-thread": deleteThread,
   clear,
 };
 
-/** Runs a parsed command on an open backend. */
+/** The commands that run until Ctrl-C, printing as they go. */
+export const STREAMING: ReadonlySet<string> = new Set(["watch", "serve"]);
+
+/** Runs a parsed command on an open backend; `null`: it printed through `out`. */
 export function runCommand(
   { command, argument, flags }: Invocation,
   backend: SharedBackend,
   where: Where,
-): Promise<Output> {
-  const under = where.prefix === null
-    ? `in ${where.store}`
-    : `under prefix ${quote(where.prefix)} of ${where.store}`;
+  admin: AdminAccess,
+  out: Channel,
+): Promise<Output | null> {
   // The parser gave `command` the argument and flags of its own spec.
   const run = RUN[command] as Run<Command>;
-  return run({ backend, argument, flags, where, under });
+  return run({
+    backend,
+    argument,
+    flags,
+    where,
+    under: underWhere(where),
+    admin,
+    out,
+  });
+}
+
+/** `under prefix "xp:" of kv: state.db`, or `in the given kv backend`. */
+export function underWhere(where: Where): string {
+  return where.prefix === null
+    ? `in ${where.store}`
+    : `under prefix ${quote(where.prefix)} of ${where.store}`;
 }
 
 async function stats(
-  { backend, where }: CommandContext<"stats">,
+  { backend, where, admin }: CommandContext<"stats">,
 ): Promise<Output> {
   const stats = await backend.stats();
+  const expiry = await dataExpiry(backend, where, admin);
+  const now = Date.now();
   return {
     text: fields([
       ["store", where.store],
@@ -82,10 +125,24 @@ async function stats(
       ["slots", number(stats.slots)],
       ["registry entries", number(stats.registryEntries)],
       [
-        "ttl",
-        stats.ttlMs === 0
-          ? "none (0: nothing expires)"
-          : `${duration(stats.ttlMs)} (${stats.ttlMs} ms), sliding`,
+        "threads expire",
+        expiry === null
+          ? "(not known: the store does not tell)"
+          : expiry.soonest === undefined
+          ? "-"
+          : expiry.soonest === expiry.latest
+          ? expiresIn(expiry.soonest, now)
+          : `soonest ${expiresIn(expiry.soonest, now)}, latest ${
+            expiresIn(expiry.latest!, now)
+          }`,
+      ],
+      [
+        "reader's ttl",
+        `${
+          stats.ttlMs === 0
+            ? "none (0)"
+            : `${duration(stats.ttlMs)} (${stats.ttlMs} ms), sliding`
+        }: this inspector's own (XP_TTL_MS), not the data's`,
       ],
     ]),
     json: {
@@ -95,8 +152,60 @@ async function stats(
       threads: stats.threads,
       slots: stats.slots,
       registryEntries: stats.registryEntries,
-      ttlMs: stats.ttlMs,
+      readerTtlMs: stats.ttlMs,
+      threadExpiry: expiry === null ? null : {
+        soonest: expiry.soonest ?? null,
+        latest: expiry.latest ?? null,
+      },
     },
+  };
+}
+
+/**
+ * When the prefix's threads expire, soonest and latest (ms since the epoch,
+ * 0: never; undefined: no thread), or `null` when the store does not tell.
+ */
+async function dataExpiry(
+  backend: SharedBackend,
+  where: Where,
+  admin: AdminAccess,
+): Promise<{ soonest?: number; latest?: number } | null> {
+  const view = await admin.get();
+  if (view === null || where.prefix === null) return null;
+  const ids = await backend.bufferListThreads();
+  const expiries = [...(await view.threadExpiries(where.prefix, ids)).values()];
+  if (expiries.length === 0) return {};
+  const order = (e: number) => e === 0 ? Infinity : e;
+  expiries.sort((a, b) => order(a) - order(b));
+  return { soonest: expiries[0]!, latest: expiries[expiries.length - 1]! };
+}
+
+/** `in 23 h 59 min` (until `at`, ms since the epoch), or `never` (0). */
+function expiresIn(at: number, now: number): string {
+  return at === 0 ? "never" : `in ${roughDuration(Math.max(0, at - now))}`;
+}
+
+async function prefixes(
+  { admin, where }: CommandContext<"prefixes">,
+): Promise<Output> {
+  const view = await admin.get();
+  if (view === null) {
+    throw usageError(
+      `prefixes lists the prefixes of a kv or redis store, not of ${where.store}`,
+    );
+  }
+  const rows = await view.prefixes();
+  const holds = (r: { threads: boolean; registry: boolean }) =>
+    [r.threads ? "threads" : "", r.registry ? "registry" : ""]
+      .filter((x) => x !== "").join(", ");
+  return {
+    text: rows.length === 0
+      ? `no prefixes with data in ${where.store}\n`
+      : table(
+        ["PREFIX", "HOLDS"],
+        rows.map((r) => [JSON.stringify(r.prefix), holds(r)]),
+      ),
+    json: rows,
   };
 }
 
@@ -145,31 +254,46 @@ async function show(
   }: ${number(length)} slots${
     slots.length === length ? "" : `, showing ${slots.length} from #${start}`
   }\n`;
-  const lines: string[] = [];
   const indexWidth = `#${start + slots.length - 1}`.length;
   const sizeWidth = Math.max(0, ...slots.map((s) => number(s.length).length));
-  const items = slots.map((bytes, i) => {
-    const at = start + i;
-    const head = `#${at}`.padEnd(indexWidth) +
-      `  ${number(bytes.length).padStart(sizeWidth)} B`;
-    if (flags.raw === true) {
-      lines.push(`${head}\n${hexDump(bytes)}`);
-      return { index: at, size: bytes.length, hex: hex(bytes) };
-    }
-    let value: unknown;
-    try {
-      value = toJson(deserializeSlot(bytes));
-    } catch (error) {
-      const why = errorMessage(error);
-      lines.push(`${head}  (not MessagePack: ${why})\n${hexDump(bytes)}`);
-      return { index: at, size: bytes.length, error: why, hex: hex(bytes) };
-    }
-    lines.push(`${head}  ${JSON.stringify(value)}\n`);
-    return { index: at, size: bytes.length, value };
-  });
+  const shown = slots.map((bytes, i) =>
+    showSlot(start + i, bytes, flags.raw === true, indexWidth, sizeWidth)
+  );
   return {
-    text: header + lines.join(""),
-    json: { threadId, chain, length, slots: items },
+    text: header + shown.map((s) => s.text).join(""),
+    json: { threadId, chain, length, slots: shown.map((s) => s.json) },
+  };
+}
+
+/** One slot as `show` and `watch` print it: a line (and a hex dump), and its JSON. */
+function showSlot(
+  at: number,
+  bytes: Uint8Array,
+  raw: boolean,
+  indexWidth = 0,
+  sizeWidth = 0,
+): Output {
+  const head = `#${at}`.padEnd(indexWidth) +
+    `  ${number(bytes.length).padStart(sizeWidth)} B`;
+  if (raw) {
+    return {
+      text: `${head}\n${hexDump(bytes)}`,
+      json: { index: at, size: bytes.length, hex: hex(bytes) },
+    };
+  }
+  let value: unknown;
+  try {
+    value = toJson(deserializeSlot(bytes));
+  } catch (error) {
+    const why = errorMessage(error);
+    return {
+      text: `${head}  (not MessagePack: ${why})\n${hexDump(bytes)}`,
+      json: { index: at, size: bytes.length, error: why, hex: hex(bytes) },
+    };
+  }
+  return {
+    text: `${head}  ${JSON.stringify(value)}\n`,
+    json: { index: at, size: bytes.length, value },
   };
 }
 

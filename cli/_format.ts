@@ -97,3 +97,23 @@ export function duration(ms: number): string {
   }
   return `${ms} ms`;
 }
+
+/** Milliseconds for people, in the two largest units: `23 h 59 min`, `4 min 5 s`, `12 s`, `800 ms`. */
+export function roughDuration(ms: number): string {
+  if (ms < 1_000) return `${Math.round(ms)} ms`;
+  const units: [number, string][] = [
+    [86_400_000, "d"],
+    [3_600_000, "h"],
+    [60_000, "min"],
+    [1_000, "s"],
+  ];
+  const i = units.findIndex(([size]) => ms >= size);
+  const [size, unit] = units[i]!;
+  const whole = Math.floor(ms / size);
+  const next = units[i + 1];
+  if (next === undefined) return `${whole} ${unit}`;
+  const rest = Math.floor((ms - whole * size) / next[0]);
+  return rest === 0
+    ? `${whole} ${unit}`
+    : `${whole} ${unit} ${rest} ${next[1]}`;
+}

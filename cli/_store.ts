@@ -56,7 +56,61 @@ export function storeConfig(
     }
     config[option] = value;
   }
+  if ((config.backendType ?? DEFAULT_CONFIG.backendType) === "redis") {
+    const url = config.redisUrl ?? DEFAULT_CONFIG.redisUrl;
+    if (!isRedisUrl(url)) {
+      const source = flags["redis-url"] !== undefined
+        ? "--redis-url"
+        : env.XP_REDIS_URL !== undefined
+        ? "XP_REDIS_URL"
+        : "REDIS_URL";
+      throw usageError(
+        `Invalid ${source}: expected a redis:// or rediss:// URL, got ${
+          quote(url)
+        }`,
+      );
+    }
+  }
   return config;
+}
+
+function isRedisUrl(url: string): boolean {
+  try {
+    const { protocol } = new URL(url);
+    return protocol === "redis:" || protocol === "rediss:";
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Refuses a KV file that does not exist (a mistyped `--kv-path` would
+ * otherwise be a new, empty store), unless `create`. `:memory:`, KV Connect
+ * URLs and Deno's default KV are not files.
+ */
+export async function checkKvFile(
+  config: BackendConfig,
+  create: boolean,
+): Promise<void> {
+  const path = config.kvPath;
+  if (
+    create || path === undefined || path === ":memory:" ||
+    /^https?:\/\//.test(path) ||
+    !["kv", "manager"].includes(config.backendType ?? "")
+  ) {
+    return;
+  }
+  try {
+    await Deno.stat(path);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) return; // opening will say
+    throw new CliError(
+      "notFound",
+      `no KV file at ${
+        quote(path)
+      }: check --kv-path (or XP_KV_PATH), or pass --create to create one`,
+    );
+  }
 }
 
 /** Whether the config names this process's own memory store. */
@@ -103,14 +157,20 @@ export function secretsOf(config: BackendConfig): string[] {
   }
 }
 
-/** Opens the store; a failure is an "unreachable" `CliError` naming it. */
+/**
+ * Opens the store; a failure is a `CliError` naming it: "unreachable", or
+ * "usage" for a config the backend refuses (a `TypeError` or `RangeError`).
+ */
 export async function openStore(config: BackendConfig): Promise<SharedBackend> {
   try {
     return await createSharedBackend(config);
   } catch (error) {
-    throw new CliError(
-      "unreachable",
-      `cannot open the store ${describeStore(config)}: ${errorMessage(error)}`,
-    );
+    const message = `cannot open the store ${describeStore(config)}: ${
+      errorMessage(error)
+    }`;
+    if (error instanceof TypeError || error instanceof RangeError) {
+      throw usageError(message);
+    }
+    throw new CliError("unreachable", message);
   }
 }

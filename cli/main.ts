@@ -13,9 +13,10 @@
  * XP_BACKEND=kv XP_KV_PATH=state.db deno task cli show 0b7c-uuid --raw
  * ```
  *
- * Commands: `stats`, `threads`, `show <threadId>`, `registry`,
- * `chain <chain>`, `uuid <uuid>`, `delete-thread <threadId>`, `clear --yes`;
- * `--help` on each. The store comes from the same environment variables as
+ * Commands: `stats`, `prefixes`, `threads`, `show <threadId>`,
+ * `watch <threadId>` (slots as they arrive, like `tail -f`), `serve` (the web
+ * inspector), `registry`, `chain <chain>`, `uuid <uuid>`,
+ * `delete-thread <threadId>`, `clear --yes`; `--help` on each, `--version`. The store comes from the same environment variables as
  * `configFromEnv` (`XP_BACKEND`, `XP_KV_PATH`, `XP_REDIS_URL`, `XP_PREFIX`,
  * ...), overridden by `--backend`, `--kv-path`, `--redis-url` and `--prefix`.
  * `--json` prints one JSON document for scripts. Exit codes are in
@@ -43,12 +44,15 @@
  */
 
 import { errorMessage } from "../_messages.ts";
+import type { BackendConfig } from "../config.ts";
 import { BackendError } from "../errors.ts";
 import type { SharedBackend } from "../protocol.ts";
+import { AdminAccess } from "./_admin.ts";
 import { parseCommandLine } from "./_args.ts";
-import { runCommand } from "./_commands.ts";
+import { type Channel, runCommand, STREAMING } from "./_commands.ts";
 import { CliError, usageError } from "./_errors.ts";
 import {
+  checkKvFile,
   describeStore,
   isMemoryStore,
   openStore,
@@ -75,6 +79,7 @@ export type {
  * | 1 | not found (`show`, `chain`, `uuid`, `delete-thread` of something that does not exist), or another failure |
  * | 2 | bad usage: unknown command or flag, a missing or extra argument, a bad value, `clear` without `--yes` |
  * | 3 | the store cannot be opened or reached, or it failed |
+ * | 130 | interrupted by Ctrl-C (any command but `watch` and `serve`, which Ctrl-C ends with 0) |
  *
  * @example
  * ```ts
@@ -90,7 +95,14 @@ export const EXIT_CODES: Readonly<{
   notFound: 1;
   usage: 2;
   unreachable: 3;
-}> = Object.freeze({ ok: 0, notFound: 1, usage: 2, unreachable: 3 });
+  interrupted: 130;
+}> = Object.freeze({
+  ok: 0,
+  notFound: 1,
+  usage: 2,
+  unreachable: 3,
+  interrupted: 130,
+});
 
 /**
  * Where {@linkcode main} reads its configuration and writes its output. Every
@@ -134,6 +146,13 @@ export interface CliIo {
    * @default {undefined}
    */
   backend?: SharedBackend;
+  /**
+   * Ends a streaming command (`watch`, `serve`: exit 0) and interrupts any
+   * other (exit 130). The command line passes Ctrl-C here.
+   *
+   * @default {a signal that never aborts}
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -184,10 +203,13 @@ export async function main(args: string[], io: CliIo = {}): Promise<number> {
   const stderr = io.stderr ?? ((text: string) => writeAll(Deno.stderr, text));
   const json = args.includes("--json");
   let secrets: string[] = [];
+  const redact = (text: string): string => {
+    for (const secret of secrets) text = text.replaceAll(secret, "***");
+    return text;
+  };
   const fail = (error: unknown): number => {
     const code = exitCodeOf(error);
-    let message = errorMessage(error);
-    for (const secret of secrets) message = message.replaceAll(secret, "***");
+    const message = redact(errorMessage(error));
     stderr(
       json
         ? `${JSON.stringify({ error: message, exitCode: code })}\n`
@@ -202,12 +224,13 @@ export async function main(args: string[], io: CliIo = {}): Promise<number> {
   } catch (error) {
     return fail(error);
   }
-  if (parsed.help !== undefined) {
-    stdout(parsed.help);
+  if (parsed.text !== undefined) {
+    stdout(parsed.text);
     return EXIT_CODES.ok;
   }
 
   let backend: SharedBackend;
+  let config: BackendConfig | undefined;
   let store: string;
   let prefix: string | null;
   const owned = io.backend === undefined;
@@ -222,7 +245,7 @@ export async function main(args: string[], io: CliIo = {}): Promise<number> {
     prefix = null; // not known from the protocol
   } else {
     try {
-      const config = storeConfig(parsed.store, io.env ?? processEnv());
+      config = storeConfig(parsed.store, io.env ?? processEnv());
       secrets = secretsOf(config);
       store = describeStore(config);
       prefix = storePrefix(config);
@@ -232,22 +255,59 @@ export async function main(args: string[], io: CliIo = {}): Promise<number> {
             "use --backend kv|redis (or XP_BACKEND) to inspect a shared one\n",
         );
       }
+      await checkKvFile(config, parsed.store.create === true);
       backend = await openStore(config);
     } catch (error) {
       return fail(error);
     }
   }
 
+  const signal = io.signal ?? new AbortController().signal;
+  const streaming = STREAMING.has(parsed.command);
+  const admin = new AdminAccess(config);
+  const out: Channel = {
+    write: stdout,
+    note: (text) => stderr(`cli: ${redact(text)}`),
+    json,
+    signal,
+  };
+  let interrupted: (() => void) | undefined;
   try {
-    if (!(await backend.ping())) {
-      throw new CliError("unreachable", `the store ${store} does not answer`);
+    const work = (async () => {
+      if (!(await backend.ping())) {
+        throw new CliError("unreachable", `the store ${store} does not answer`);
+      }
+      return await runCommand(parsed, backend, { store, prefix }, admin, out);
+    })();
+    // Ctrl-C ends a streaming command (exit 0); any other is interrupted.
+    const output = streaming ? await work : await Promise.race([
+      work,
+      new Promise<"interrupted">((resolve) => {
+        interrupted = () => resolve("interrupted");
+        if (signal.aborted) interrupted();
+        signal.addEventListener("abort", interrupted, { once: true });
+      }),
+    ]);
+    if (output === "interrupted") {
+      work.catch(() => {});
+      stderr(
+        json
+          ? `${JSON.stringify({ error: "interrupted", exitCode: 130 })}\n`
+          : "cli: interrupted\n",
+      );
+      return EXIT_CODES.interrupted;
     }
-    const output = await runCommand(parsed, backend, { store, prefix });
-    stdout(json ? `${JSON.stringify(output.json, null, 2)}\n` : output.text);
+    if (output !== null) {
+      stdout(json ? `${JSON.stringify(output.json, null, 2)}\n` : output.text);
+    }
     return EXIT_CODES.ok;
   } catch (error) {
     return fail(error);
   } finally {
+    if (interrupted !== undefined) {
+      signal.removeEventListener("abort", interrupted);
+    }
+    await admin.close();
     if (owned) await backend.close().catch(() => {});
   }
 }
@@ -278,5 +338,15 @@ function processEnv(): Record<string, string | undefined> {
 }
 
 if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
+  // Ctrl-C ends watch and serve (exit 0) and interrupts any other command
+  // (exit 130); a second Ctrl-C exits at once.
+  const stop = new AbortController();
+  const onInterrupt = () => {
+    if (stop.signal.aborted) Deno.exit(EXIT_CODES.interrupted);
+    stop.abort();
+  };
+  Deno.addSignalListener("SIGINT", onInterrupt);
+  const code = await main(Deno.args, { signal: stop.signal });
+  Deno.removeSignalListener("SIGINT", onInterrupt);
+  Deno.exit(code);
 }

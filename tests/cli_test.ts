@@ -133,7 +133,7 @@ for (const open of [kvStore, redisStore]) {
         assert.match(text, new RegExp(`^store {13}${store.name}: `, "m"));
         const json = JSON.parse(ok(await run("stats", "--json")).stdout);
         assert.deepEqual(
-          { ...json, store: undefined },
+          { ...json, store: undefined, threadExpiry: undefined },
           {
             backend: store.name,
             store: undefined,
@@ -141,11 +141,73 @@ for (const open of [kvStore, redisStore]) {
             threads: 3,
             slots: 4,
             registryEntries: 1,
-            ttlMs: 86_400_000,
+            readerTtlMs: 86_400_000,
+            threadExpiry: undefined,
           },
         );
       },
     );
+
+    await t.step(
+      "stats says the TTL is the reader's, and when the data expires",
+      async () => {
+        // Written with a 1 h TTL, read by an inspector whose default is 1 d.
+        await using writer = await createSharedBackend({
+          ...store.config,
+          prefix: "short:",
+          ttlMs: 3_600_000,
+        });
+        await writer.bufferAppend("t", new Uint8Array([1]));
+        const result = ok(
+          await cli([...store.flags, "--prefix", "short:", "stats"]),
+        );
+        assert.match(
+          result.stdout,
+          /^reader's ttl {6}1 d \(86400000 ms\), sliding: this inspector's own \(XP_TTL_MS\), not the data's$/m,
+        );
+        assert.match(
+          result.stdout,
+          /^threads expire {4}in (59 min \d+ s|1 h)$/m,
+        );
+        const json = JSON.parse(
+          ok(
+            await cli([
+              ...store.flags,
+              "--prefix",
+              "short:",
+              "stats",
+              "--json",
+            ]),
+          )
+            .stdout,
+        );
+        assert.equal(json.readerTtlMs, 86_400_000);
+        assert.equal(json.ttlMs, undefined);
+        const left = json.threadExpiry.soonest - Date.now();
+        assert.ok(left > 3_500_000 && left <= 3_600_000, `${left} ms`);
+        assert.equal(json.threadExpiry.latest, json.threadExpiry.soonest);
+        await writer.bufferClear();
+      },
+    );
+
+    await t.step("prefixes lists the prefixes that hold data", async () => {
+      await using other = await createSharedBackend({
+        ...store.config,
+        prefix: "{odd}%7B:",
+      });
+      await other.registrySet("a.b", "u-1");
+      const json = JSON.parse(ok(await run("prefixes", "--json")).stdout);
+      assert.deepEqual(json, [
+        { prefix: "cli-test:", threads: true, registry: true },
+        { prefix: "neighbour:", threads: true, registry: true },
+        { prefix: "{odd}%7B:", threads: false, registry: true },
+      ]);
+      const text = ok(await run("prefixes")).stdout;
+      assert.match(text, /^PREFIX {8}HOLDS$/m);
+      assert.match(text, /^"cli-test:" {3}threads, registry$/m);
+      assert.match(text, /^"\{odd\}%7B:" {3}registry$/m);
+      await other.registryClear();
+    });
 
     await t.step(
       "the store can come from the environment, flags win",
@@ -436,6 +498,19 @@ Deno.test("bad usage exits 2 with a message, before any store is opened", async 
       ["show", "t", "--start=-1"],
       /Invalid --start: expected a non-negative integer/,
     ],
+    [
+      ["show", "t", "--start", "-1"],
+      /Invalid --start: expected a non-negative integer, got "-1"/,
+    ],
+    [
+      ["--prefix", "-x", "stats"],
+      /--prefix needs a value, got the option "-x" \(write --prefix=-x/,
+    ],
+    [
+      ["--backend", "redis", "--redis-url", "http://x", "stats"],
+      /Invalid --redis-url: expected a redis:\/\/ or rediss:\/\/ URL, got "http:\/\/x"/,
+    ],
+    [["prefixes"], /prefixes lists the prefixes of a kv or redis store/],
     [["show", "t", "--end", "x"], /Invalid --end/],
     [
       ["--backend", "sqlite", "stats"],
@@ -453,6 +528,13 @@ Deno.test("bad usage exits 2 with a message, before any store is opened", async 
       assert.equal(result.stdout, "");
     });
   }
+  await t.step("a Redis URL from the environment that is not one", async () => {
+    const result = await cli(["stats"], {
+      env: { XP_BACKEND: "redis", XP_REDIS_URL: "http://x" },
+    });
+    assert.equal(result.code, EXIT_CODES.usage);
+    assert.match(result.stderr, /Invalid XP_REDIS_URL: expected a redis:\/\//);
+  });
   await t.step("a bad variable names it", async () => {
     const result = await cli(["stats"], { env: { XP_TTL_MS: "soon" } });
     assert.equal(result.code, EXIT_CODES.usage);
@@ -489,6 +571,7 @@ Deno.test("--help works on every command without opening the store", async (t) =
         "registry",
         "chain <chain>",
         "uuid <uuid>",
+        "prefixes",
         "delete-thread <threadId>",
         "clear --yes",
       ]
@@ -510,6 +593,7 @@ Deno.test("--help works on every command without opening the store", async (t) =
       "registry",
       "chain",
       "uuid",
+      "prefixes",
       "delete-thread",
       "clear",
     ]
@@ -588,6 +672,7 @@ Deno.test("an unreachable store exits 3 within 5 s, naming it without the passwo
       "kv",
       "--kv-path",
       "/nonexistent-dir/state.db",
+      "--create",
       "threads",
     ]);
     assert.equal(result.code, EXIT_CODES.unreachable);
@@ -606,6 +691,55 @@ Deno.test("an unreachable store exits 3 within 5 s, naming it without the passwo
     assert.match(result.stderr, /127\.0\.0\.1:1/);
     assert.doesNotMatch(result.stderr, /hunter2/);
   });
+});
+
+Deno.test("a missing KV file is exit 1 and stays missing; --create creates it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "xp-cli-test-" });
+  try {
+    const path = `${dir}/mistyped.db`;
+    const flags = ["--backend", "kv", "--kv-path", path];
+    const missing = await cli([...flags, "stats"]);
+    assert.equal(missing.code, EXIT_CODES.notFound);
+    assert.equal(missing.stdout, "");
+    assert.match(
+      missing.stderr,
+      /no KV file at ".*mistyped\.db": check --kv-path \(or XP_KV_PATH\), or pass --create to create one/,
+    );
+    const fromEnv = await cli(["threads", "--json"], {
+      env: { XP_BACKEND: "kv", XP_KV_PATH: path },
+    });
+    assert.equal(fromEnv.code, EXIT_CODES.notFound);
+    assert.equal(JSON.parse(fromEnv.stderr).exitCode, 1);
+    await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
+    const created = ok(await cli([...flags, "--create", "stats", "--json"]));
+    assert.equal(JSON.parse(created.stdout).threads, 0);
+    await Deno.stat(path);
+    ok(await cli([...flags, "stats"])); // it exists now
+    assert.equal(
+      (await cliProcess([...flags.slice(0, 3), `${dir}/other.db`, "stats"]))
+        .code,
+      1,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--version prints the version of deno.json", async () => {
+  const { version } = JSON.parse(
+    await Deno.readTextFile(new URL("../deno.json", import.meta.url)),
+  );
+  assert.equal(
+    ok(await cli(["--version"])).stdout,
+    `@xml-pipeline/shared-backend ${version}\n`,
+  );
+  assert.deepEqual(JSON.parse(ok(await cli(["--version", "--json"])).stdout), {
+    name: "@xml-pipeline/shared-backend",
+    version,
+  });
+  const result = await cliProcess(["--version"]);
+  assert.equal(result.code, 0);
+  assert.equal(result.stdout, `@xml-pipeline/shared-backend ${version}\n`);
 });
 
 Deno.test("importing cli/main.ts runs nothing", async () => {
