@@ -75,6 +75,24 @@ export const COMMANDS = {
       '{"$date": iso}, {"$map": [[key, value], ...]}, {"$bigint": "digits"},\n' +
       '{"$number": "NaN"}. A slot that is not MessagePack is shown in hex.',
   },
+  watch: {
+    argument: "threadId",
+    synopsis: "[--from N]",
+    flags: {
+      from: {
+        type: "string",
+        value: "N",
+        help: "the first index to print (default: only new slots)",
+      },
+    },
+    summary:
+      "print a thread's slots as they arrive, like tail -f (Ctrl-C ends)",
+    help:
+      "Prints a thread's slots as they are appended, by any process, as show\n" +
+      "prints them (with --json: one JSON document a line), until Ctrl-C (exit\n" +
+      "0) or the thread is deleted or expires. A thread that does not exist\n" +
+      "yet is waited for.",
+  },
   registry: {
     summary: "list the registry: uuid -> chain",
     help: "Lists every live registry pair of the prefix, sorted by chain.",

@@ -72,6 +72,7 @@ const RUN: { readonly [C in Command]: Run<C> } = {
   stats,
   threads,
   show,
+  watch,
   registry,
   chain,
   uuid,
@@ -81,7 +82,7 @@ const RUN: { readonly [C in Command]: Run<C> } = {
 };
 
 /** The commands that run until Ctrl-C, printing as they go. */
-export const STREAMING: ReadonlySet<string> = new Set(["watch", "serve"]);
+export const STREAMING: ReadonlySet<string> = new Set(["watch"]);
 
 /** Runs a parsed command on an open backend; `null`: it printed through `out`. */
 export function runCommand(
@@ -295,6 +296,30 @@ function showSlot(
     text: `${head}  ${JSON.stringify(value)}\n`,
     json: { index: at, size: bytes.length, value },
   };
+}
+
+async function watch(
+  { backend, argument: threadId, flags, out, under }: CommandContext<"watch">,
+): Promise<null> {
+  const from = index("--from", flags.from);
+  const length = await backend.bufferThreadLen(threadId);
+  out.note(
+    `watching thread ${printable(threadId)} ${under}: ${
+      length === 0 ? "no slots yet" : `${number(length)} slots`
+    }, printing from #${from ?? length}; Ctrl-C to stop\n`,
+  );
+  const slots = backend.bufferWatch(threadId, {
+    signal: out.signal,
+    fromIndex: from ?? length,
+  });
+  for await (const { index, slot } of slots) {
+    const shown = showSlot(index, slot, false);
+    out.write(out.json ? `${JSON.stringify(shown.json)}\n` : shown.text);
+  }
+  if (!out.signal.aborted) {
+    out.note(`thread ${printable(threadId)} was deleted or expired\n`);
+  }
+  return null;
 }
 
 /** A `--start`/`--end` value: a non-negative integer, or undefined when not given. */

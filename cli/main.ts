@@ -203,11 +203,14 @@ export async function main(args: string[], io: CliIo = {}): Promise<number> {
   const stderr = io.stderr ?? ((text: string) => writeAll(Deno.stderr, text));
   const json = args.includes("--json");
   let secrets: string[] = [];
+  /** Ctrl-C came: 130 is returned, whatever the work behind says. */
+  let interrupted = false;
   const redact = (text: string): string => {
     for (const secret of secrets) text = text.replaceAll(secret, "***");
     return text;
   };
   const fail = (error: unknown): number => {
+    if (interrupted) return EXIT_CODES.interrupted;
     const code = exitCodeOf(error);
     const message = redact(errorMessage(error));
     stderr(
@@ -229,86 +232,104 @@ export async function main(args: string[], io: CliIo = {}): Promise<number> {
     return EXIT_CODES.ok;
   }
 
-  let backend: SharedBackend;
-  let config: BackendConfig | undefined;
-  let store: string;
-  let prefix: string | null;
-  const owned = io.backend === undefined;
-  if (io.backend !== undefined) {
-    for (const [flag, value] of Object.entries(parsed.store)) {
-      if (value !== undefined) {
-        return fail(usageError(`--${flag} cannot be used with io.backend`));
-      }
-    }
-    backend = io.backend;
-    store = `the given ${backend.kind} backend`;
-    prefix = null; // not known from the protocol
-  } else {
-    try {
-      config = storeConfig(parsed.store, io.env ?? processEnv());
-      secrets = secretsOf(config);
-      store = describeStore(config);
-      prefix = storePrefix(config);
-      if (isMemoryStore(config)) {
-        stderr(
-          "cli: note: the memory backend is this process's own, empty store; " +
-            "use --backend kv|redis (or XP_BACKEND) to inspect a shared one\n",
-        );
-      }
-      await checkKvFile(config, parsed.store.create === true);
-      backend = await openStore(config);
-    } catch (error) {
-      return fail(error);
-    }
-  }
-
+  const invocation = parsed;
   const signal = io.signal ?? new AbortController().signal;
-  const streaming = STREAMING.has(parsed.command);
-  const admin = new AdminAccess(config);
-  const out: Channel = {
-    write: stdout,
-    note: (text) => stderr(`cli: ${redact(text)}`),
-    json,
-    signal,
-  };
-  let interrupted: (() => void) | undefined;
-  try {
-    const work = (async () => {
+  const streaming = STREAMING.has(invocation.command);
+  // Set once a streaming command runs: from then on Ctrl-C is its end (exit
+  // 0), not an interruption.
+  let running = false;
+
+  const execute = async (): Promise<number> => {
+    let backend: SharedBackend;
+    let config: BackendConfig | undefined;
+    let store: string;
+    let prefix: string | null;
+    if (io.backend !== undefined) {
+      for (const [flag, value] of Object.entries(invocation.store)) {
+        if (value !== undefined) {
+          return fail(usageError(`--${flag} cannot be used with io.backend`));
+        }
+      }
+      backend = io.backend;
+      store = `the given ${backend.kind} backend`;
+      prefix = null; // not known from the protocol
+    } else {
+      try {
+        config = storeConfig(invocation.store, io.env ?? processEnv());
+        secrets = secretsOf(config);
+        store = describeStore(config);
+        prefix = storePrefix(config);
+        if (isMemoryStore(config)) {
+          stderr(
+            "cli: note: the memory backend is this process's own, empty store; " +
+              "use --backend kv|redis (or XP_BACKEND) to inspect a shared one\n",
+          );
+        }
+        await checkKvFile(config, invocation.store.create === true);
+        backend = await openStore(config);
+      } catch (error) {
+        return fail(error);
+      }
+    }
+    const admin = new AdminAccess(config);
+    const out: Channel = {
+      write: stdout,
+      note: (text) => stderr(`cli: ${redact(text)}`),
+      json,
+      signal,
+    };
+    try {
       if (!(await backend.ping())) {
         throw new CliError("unreachable", `the store ${store} does not answer`);
       }
-      return await runCommand(parsed, backend, { store, prefix }, admin, out);
-    })();
-    // Ctrl-C ends a streaming command (exit 0); any other is interrupted.
-    const output = streaming ? await work : await Promise.race([
-      work,
-      new Promise<"interrupted">((resolve) => {
-        interrupted = () => resolve("interrupted");
-        if (signal.aborted) interrupted();
-        signal.addEventListener("abort", interrupted, { once: true });
-      }),
-    ]);
-    if (output === "interrupted") {
-      work.catch(() => {});
+      running = true;
+      const output = await runCommand(
+        invocation,
+        backend,
+        { store, prefix },
+        admin,
+        out,
+      );
+      if (output !== null && !interrupted) {
+        stdout(
+          json ? `${JSON.stringify(output.json, null, 2)}\n` : output.text,
+        );
+      }
+      return EXIT_CODES.ok;
+    } catch (error) {
+      return fail(error);
+    } finally {
+      await admin.close();
+      if (io.backend === undefined) await backend.close().catch(() => {});
+    }
+  };
+
+  // Ctrl-C ends a running streaming command (its own way, exit 0) and
+  // interrupts anything else at once (exit 130; the work ends behind).
+  let onAbort: (() => void) | undefined;
+  const interruption = new Promise<number>((resolve) => {
+    onAbort = () => {
+      if (streaming && running) return;
+      interrupted = true;
       stderr(
         json
-          ? `${JSON.stringify({ error: "interrupted", exitCode: 130 })}\n`
+          ? `${
+            JSON.stringify({
+              error: "interrupted",
+              exitCode: EXIT_CODES.interrupted,
+            })
+          }\n`
           : "cli: interrupted\n",
       );
-      return EXIT_CODES.interrupted;
-    }
-    if (output !== null) {
-      stdout(json ? `${JSON.stringify(output.json, null, 2)}\n` : output.text);
-    }
-    return EXIT_CODES.ok;
-  } catch (error) {
-    return fail(error);
+      resolve(EXIT_CODES.interrupted);
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([execute(), interruption]);
   } finally {
-    if (interrupted !== undefined) {
-      signal.removeEventListener("abort", interrupted);
-    }
-    await admin.close();
-    if (owned) await backend.close().catch(() => {});
+    signal.removeEventListener("abort", onAbort!);
   }
 }
 

@@ -44,6 +44,85 @@ function cliProcess(
   return denoRun(["run", "-A", CLI, ...args], { env, clearEnv: true });
 }
 
+/** Reads a child's output a line at a time. */
+class Lines {
+  #reader: ReadableStreamDefaultReader<string>;
+  #buffer = "";
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.#reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  }
+
+  /** The next line, without its newline; fails after 10 s or at the end. */
+  async line(): Promise<string> {
+    const deadline = Date.now() + 10_000;
+    while (!this.#buffer.includes("\n")) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const chunk = await Promise.race([
+        this.#reader.read(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`no line within 10 s: ${this.#buffer}`)),
+            Math.max(0, deadline - Date.now()),
+          );
+        }),
+      ]).finally(() => clearTimeout(timer));
+      if (chunk.done) throw new Error(`ended without a line: ${this.#buffer}`);
+      this.#buffer += chunk.value;
+    }
+    const end = this.#buffer.indexOf("\n");
+    const line = this.#buffer.slice(0, end);
+    this.#buffer = this.#buffer.slice(end + 1);
+    return line;
+  }
+
+  /** Everything left, once the child has ended. */
+  async rest(): Promise<string> {
+    for (;;) {
+      const chunk = await this.#reader.read();
+      if (chunk.done) return this.#buffer;
+      this.#buffer += chunk.value;
+    }
+  }
+
+  async cancel(): Promise<void> {
+    await this.#reader.cancel().catch(() => {});
+  }
+}
+
+/** `deno run -A cli/main.ts ...args` left running, its output read by line; disposing kills it. */
+function spawnCli(args: string[]): AsyncDisposable & {
+  process: Deno.ChildProcess;
+  stdout: Lines;
+  stderr: Lines;
+} {
+  const process = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, ...args],
+    env: { NO_COLOR: "1" },
+    clearEnv: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stdout = new Lines(process.stdout);
+  const stderr = new Lines(process.stderr);
+  return {
+    process,
+    stdout,
+    stderr,
+    async [Symbol.asyncDispose]() {
+      try {
+        process.kill("SIGKILL");
+      } catch {
+        // already ended
+      }
+      await process.status;
+      await stdout.cancel();
+      await stderr.cancel();
+    },
+  };
+}
+
 function ok(result: Result): Result {
   assert.equal(result.code, 0, `exit ${result.code}: ${result.stderr}`);
   return result;
@@ -324,6 +403,75 @@ for (const open of [kvStore, redisStore]) {
       assert.equal(result.code, EXIT_CODES.notFound);
       assert.match(result.stderr, /no thread "nope" under prefix "cli-test:"/);
     });
+
+    await t.step(
+      "watch prints slots as they arrive (--json a line each, --from N) until Ctrl-C, exit 0",
+      async () => {
+        await using watcher = spawnCli([
+          ...store.flags,
+          "--prefix",
+          prefix,
+          "watch",
+          uuid,
+          "--from",
+          "1",
+          "--json",
+        ]);
+        assert.match(await watcher.stderr.line(), /watching thread .*Ctrl-C/);
+        // Slot 1 was there before the watch; 2 and 3 come from another process's appends.
+        const first = JSON.parse(await watcher.stdout.line());
+        assert.equal(first.index, 1);
+        assert.equal(first.value.payload.text, "Hello, console!");
+        await using writer = await createSharedBackend({
+          ...store.config,
+          prefix,
+        });
+        const buffer = new ContextBuffer<{ text: string }>(writer);
+        await buffer.append(uuid, { text: "<b>live</b>" }, {
+          fromId: "router",
+          toId: "greeter",
+        });
+        await writer.bufferAppend(uuid, new Uint8Array([0xc1]));
+        const second = JSON.parse(await watcher.stdout.line());
+        assert.deepEqual([second.index, second.value.payload.text], [
+          2,
+          "<b>live</b>",
+        ]);
+        const third = JSON.parse(await watcher.stdout.line());
+        assert.deepEqual([third.index, third.hex], [3, "c1"]);
+        watcher.process.kill("SIGINT");
+        assert.equal((await watcher.process.status).code, 0);
+        assert.equal(await watcher.stdout.rest(), "");
+        // Without --json: show's lines.
+        await using text = spawnCli([
+          ...store.flags,
+          "--prefix",
+          prefix,
+          "watch",
+          uuid,
+          "--from=2",
+        ]);
+        assert.match(
+          await text.stdout.line(),
+          /^#2 {2}\d+ B {2}\{"v":1,.*"<b>live<\/b>"/,
+        );
+        assert.match(
+          await text.stdout.line(),
+          /^#3 {2}1 B {2}\(not MessagePack/,
+        );
+        text.process.kill("SIGINT");
+        assert.equal((await text.process.status).code, 0);
+        await writer.bufferDeleteThread(uuid);
+        await buffer.append(uuid, { text: "Hello?" }, {
+          fromId: "router",
+          toId: "greeter",
+        });
+        await buffer.append(uuid, { text: "Hello, console!" }, {
+          fromId: "greeter",
+          toId: "router",
+        });
+      },
+    );
 
     await t.step("registry lists uuid -> chain", async () => {
       const text = ok(await run("registry")).stdout;
@@ -691,6 +839,80 @@ Deno.test("an unreachable store exits 3 within 5 s, naming it without the passwo
     assert.match(result.stderr, /127\.0\.0\.1:1/);
     assert.doesNotMatch(result.stderr, /hunter2/);
   });
+});
+
+Deno.test("watch from code: ends when the signal aborts, or when the thread is deleted", async () => {
+  await using backend = new InMemoryBackend();
+  await backend.bufferAppend("t1", serializeSlot({ n: 0 }));
+  const lines: string[] = [];
+  const notes: string[] = [];
+  const stop = new AbortController();
+  const watching = main(["watch", "t1", "--from", "0"], {
+    backend,
+    signal: stop.signal,
+    stdout: (text) => lines.push(text),
+    stderr: (text) => notes.push(text),
+  });
+  await backend.bufferAppend("t1", serializeSlot({ n: 1 }));
+  while (lines.length < 2) await new Promise((r) => setTimeout(r, 5));
+  stop.abort();
+  assert.equal(await watching, EXIT_CODES.ok);
+  assert.match(
+    lines.join(""),
+    /^#0 {2}4 B {2}\{"n":0\}\n#1 {2}4 B {2}\{"n":1\}\n$/,
+  );
+  assert.match(
+    notes[0]!,
+    /^cli: watching thread t1 in the given memory backend: \d slots, printing from #0; Ctrl-C to stop\n$/,
+  );
+
+  notes.length = 0;
+  const deleted = main(["watch", "t1"], {
+    backend,
+    stdout: () => {},
+    stderr: (text) => notes.push(text),
+  });
+  while (notes.length === 0) await new Promise((r) => setTimeout(r, 5));
+  await backend.bufferDeleteThread("t1");
+  assert.equal(await deleted, EXIT_CODES.ok);
+  assert.match(notes[1]!, /thread t1 was deleted or expired/);
+
+  const bad = await cli(["watch", "t1", "--from", "x"], { backend });
+  assert.equal(bad.code, EXIT_CODES.usage);
+  assert.match(bad.stderr, /Invalid --from/);
+});
+
+Deno.test("Ctrl-C interrupts a command that is not streaming: exit 130 at once", async () => {
+  // A Redis that accepts connections and never answers: stats would wait 4 s.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) held.push(conn);
+    } catch {
+      // closed
+    }
+  })();
+  try {
+    await using stats = spawnCli([
+      "--backend",
+      "redis",
+      "--redis-url",
+      `redis://127.0.0.1:${port}`,
+      "stats",
+    ]);
+    while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
+    const interruptedAt = Date.now();
+    stats.process.kill("SIGINT");
+    assert.equal((await stats.process.status).code, EXIT_CODES.interrupted);
+    assert.ok(Date.now() - interruptedAt < 2_000);
+    assert.equal(await stats.stderr.line(), "cli: interrupted");
+  } finally {
+    listener.close();
+    await accepting;
+    for (const conn of held) conn.close();
+  }
 });
 
 Deno.test("a missing KV file is exit 1 and stays missing; --create creates it", async () => {
