@@ -42,7 +42,11 @@ export type {
   WatchedSlot,
 } from "./protocol.ts";
 export { payloadTypeName } from "./_context_slots.ts";
-export { type PruneResult, ThreadRegistry } from "./registry.ts";
+export {
+  type PruneResult,
+  type StartChainOptions,
+  ThreadRegistry,
+} from "./registry.ts";
 
 /**
  * One message in a thread: the payload and its metadata. Slots are frozen

@@ -74,4 +74,8 @@ export {
   type ContextBufferStats,
   payloadTypeName,
 } from "./context.ts";
-export { type PruneResult, ThreadRegistry } from "./registry.ts";
+export {
+  type PruneResult,
+  type StartChainOptions,
+  ThreadRegistry,
+} from "./registry.ts";

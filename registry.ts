@@ -22,7 +22,7 @@
  */
 
 import type { SharedBackend } from "./protocol.ts";
-import { quote } from "./_messages.ts";
+import { describe, quote } from "./_messages.ts";
 import { checkBackend, checkNonEmptyString } from "./_validate.ts";
 
 /**
@@ -50,6 +50,32 @@ export interface PruneResult {
   uuid: string;
 }
 
+/**
+ * Options of {@linkcode ThreadRegistry.startChain}.
+ *
+ * @example
+ * ```ts
+ * import { type StartChainOptions, ThreadRegistry } from "@xml-pipeline/shared-backend/context";
+ * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
+ * import assert from "node:assert/strict";
+ *
+ * await using backend = new InMemoryBackend();
+ * const registry = new ThreadRegistry(backend);
+ * const first = await registry.startChain("console", "router");
+ * const options: StartChainOptions = { fresh: true };
+ * assert.notEqual(await registry.startChain("console", "router", options), first);
+ * ```
+ */
+export interface StartChainOptions {
+  /**
+   * Start a new conversation: map the chain to a new uuid even if it has
+   * one (whose thread then stays behind, unmapped).
+   *
+   * @default {false}
+   */
+  fresh?: boolean;
+}
+
 /** The first hop of every root chain: `system.<organismName>`. */
 const ROOT_HOP = "system";
 
@@ -63,11 +89,15 @@ const ROOT_HOP = "system";
  * `registrySetIfAbsent` with a fresh `crypto.randomUUID()`, so processes
  * racing to create the same chain all get the one uuid that won (the Python
  * original checked, then set, so two processes could give one chain two
- * uuids). `extendChain` and `pruneForResponse` read the chain of a uuid
- * and then get or create the longer or shorter chain that way; the read
- * cannot be stale, because a uuid from `getOrCreate` stands for one chain
- * for as long as it is registered. An exhausted uuid that `pruneForResponse`
- * removes is removed by uuid, so a racing prune removes nothing else.
+ * uuids). `extendChain` and `pruneForResponse` are two steps: they read the
+ * chain of a uuid, then get or create the longer or shorter chain. The read
+ * is a snapshot. `getOrCreate`, `startChain` and `initializeRoot` always map
+ * a fresh uuid, so they never move one; but {@linkcode ThreadRegistry.registerThread}
+ * (with a new chain) and the backend's `registrySet` can move a uuid to
+ * another chain, and `cleanup` or expiry can remove it, between the two
+ * steps: then the result follows the chain the uuid had when it was read
+ * (and `pruneForResponse` of an exhausted one-hop chain removes the uuid,
+ * whatever it maps to by then). Do not move a uuid that is in use.
  *
  * **Chains.** A chain is one or more hops joined by `.`; a hop is a non-empty
  * string without `.` (any other characters are fine). Chains are validated:
@@ -77,7 +107,9 @@ const ROOT_HOP = "system";
  * (the backend's limit, a `RangeError` naming `chain`).
  *
  * **Lifetime.** Pairs live as the backend's TTL says: `ttlMs` after they were
- * created (looking a chain up, or creating it again, does not refresh it).
+ * created (looking a chain up, or creating it again, does not refresh it),
+ * and as long as their thread is appended to through a `ContextBuffer`,
+ * which refreshes the pair of the thread it appends to.
  * {@linkcode ThreadRegistry.cleanup} removes one at once.
  *
  * The registry does not own the backend: closing it is the caller's job.
@@ -261,7 +293,9 @@ export class ThreadRegistry {
    * Gets or creates the uuid of the chain `uuid` stands for, extended by
    * one hop: the thread id for a call from the chain's last hop to
    * `nextHop`. An unknown (or expired) `uuid` starts a new chain made of
-   * `nextHop` alone, as the Python original did.
+   * `nextHop` alone, as the Python original did. Two steps (read the chain,
+   * then get or create): see the class documentation for a uuid moved in
+   * between.
    *
    * @param uuid The caller's thread id.
    * @param nextHop The callee: one hop (non-empty, no `.`).
@@ -335,35 +369,92 @@ export class ThreadRegistry {
   }
 
   /**
-   * Gets or creates the uuid of a new two-hop chain
-   * `<initiator>.<target>`: a conversation `initiator` starts with `target`.
+   * Gets the uuid of the two-hop chain `<initiator>.<target>`: the thread of
+   * a conversation `initiator` has with `target`.
+   *
+   * **An existing chain continues.** Like {@linkcode ThreadRegistry.getOrCreate},
+   * this returns the uuid the chain already has, if any: the conversation
+   * goes on in the same thread, and its earlier slots are still there (every
+   * process that starts the chain gets that one uuid). To start a new
+   * conversation instead, pass `{ fresh: true }`: the chain is mapped to a
+   * new uuid (one `registrySet`), so its thread starts empty; the old uuid
+   * is unmapped (its thread stays until it is deleted or expires, and
+   * `lookup` of the old uuid gives `null`). Two processes that start the same
+   * chain fresh at once get two uuids, and the chain keeps the last one.
    *
    * @param initiator The caller: one hop (non-empty, no `.`).
    * @param target The callee: one hop (non-empty, no `.`).
+   * @param options `{ fresh: true }` to start a new conversation on the chain.
    * @returns The chain's uuid.
-   * @throws {TypeError} `initiator` or `target` is not a non-empty string.
+   * @throws {TypeError} `initiator` or `target` is not a non-empty string, or
+   * `fresh` is not a boolean.
    * @throws {RangeError} `initiator` or `target` contains a `.`.
    *
-   * @example
+   * @example The same chain, the same conversation
    * ```ts
-   * import { ThreadRegistry } from "@xml-pipeline/shared-backend/context";
+   * import { ContextBuffer, ThreadRegistry } from "@xml-pipeline/shared-backend/context";
    * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
    * import assert from "node:assert/strict";
    *
    * await using backend = new InMemoryBackend();
    * const registry = new ThreadRegistry(backend);
+   * const buffer = new ContextBuffer(backend);
    * const uuid = await registry.startChain("console", "router");
    * assert.equal(await registry.lookup(uuid), "console.router");
+   * await buffer.append(uuid, "hello", { fromId: "console", toId: "router" });
+   *
+   * // Started again: the same thread, with its slot.
+   * assert.equal(await registry.startChain("console", "router"), uuid);
+   * assert.equal(await buffer.threadLength(uuid), 1);
+   * ```
+   *
+   * @example A fresh conversation on the same chain
+   * ```ts
+   * import { ContextBuffer, ThreadRegistry } from "@xml-pipeline/shared-backend/context";
+   * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
+   * import assert from "node:assert/strict";
+   *
+   * await using backend = new InMemoryBackend();
+   * const registry = new ThreadRegistry(backend);
+   * const buffer = new ContextBuffer(backend);
+   * const old = await registry.startChain("console", "router");
+   * await buffer.append(old, "hello", { fromId: "console", toId: "router" });
+   *
+   * const fresh = await registry.startChain("console", "router", { fresh: true });
+   * assert.notEqual(fresh, old);
+   * assert.equal(await registry.lookup(fresh), "console.router");
+   * assert.equal(await registry.lookup(old), null);
+   * assert.equal(await buffer.threadLength(fresh), 0);
+   * assert.equal(await registry.startChain("console", "router"), fresh);
    * ```
    */
-  startChain(initiator: string, target: string): Promise<string> {
-    try {
-      checkHop("initiator", initiator);
-      checkHop("target", target);
-    } catch (error) {
-      return Promise.reject(error);
+  async startChain(
+    initiator: string,
+    target: string,
+    options: StartChainOptions = {},
+  ): Promise<string> {
+    checkHop("initiator", initiator);
+    checkHop("target", target);
+    if (options === null || typeof options !== "object") {
+      throw new TypeError(
+        `Invalid options: expected an object or undefined, got ${
+          describe(options)
+        }`,
+      );
     }
-    return this.getOrCreate(`${initiator}.${target}`);
+    const { fresh } = options;
+    if (fresh !== undefined && typeof fresh !== "boolean") {
+      throw new TypeError(
+        `Invalid fresh: expected a boolean or undefined, got ${
+          describe(fresh)
+        }`,
+      );
+    }
+    const chain = `${initiator}.${target}`;
+    if (fresh !== true) return await this.getOrCreate(chain);
+    const uuid = crypto.randomUUID();
+    await this.backend.registrySet(chain, uuid);
+    return uuid;
   }
 
   /**

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { InMemoryBackend } from "../backends/memory.ts";
 import { ThreadRegistry } from "../registry.ts";
+import type { SharedBackend } from "../protocol.ts";
 import {
   freshPrefix,
   openBackend,
@@ -142,6 +143,48 @@ async function registrySuite(t: Deno.TestContext, store: Store): Promise<void> {
         target: "console",
         uuid: await registry.getOrCreate("console"),
       });
+    },
+  );
+
+  await step(
+    "startChain of an existing chain continues its conversation; { fresh: true } maps the chain to a new uuid (issue 10)",
+    async (registry) => {
+      const old = await registry.startChain("console", "router");
+      assert.equal(await registry.startChain("console", "router"), old);
+      assert.equal(
+        await registry.startChain("console", "router", { fresh: false }),
+        old,
+      );
+      const fresh = await registry.startChain("console", "router", {
+        fresh: true,
+      });
+      assert.match(fresh, UUID);
+      assert.notEqual(fresh, old);
+      assert.equal(await registry.lookup(fresh), "console.router");
+      assert.equal(
+        await registry.lookup(old),
+        null,
+        "the old uuid is unmapped",
+      );
+      assert.equal(await registry.startChain("console", "router"), fresh);
+      assert.equal(await registry.getOrCreate("console.router"), fresh);
+      // Another chain is untouched.
+      const other = await registry.startChain("console", "greeter");
+      await registry.startChain("console", "router", { fresh: true });
+      assert.equal(await registry.lookup(other), "console.greeter");
+      await assert.rejects(
+        registry.startChain("console", "router", { fresh: "yes" as never }),
+        (error: Error) =>
+          error instanceof TypeError && /Invalid fresh/.test(error.message),
+      );
+      await assert.rejects(
+        registry.startChain("console", "router", null as never),
+        /Invalid options/,
+      );
+      await assert.rejects(
+        registry.startChain("con.sole", "router", { fresh: true }),
+        /Invalid initiator/,
+      );
     },
   );
 
@@ -335,4 +378,66 @@ Deno.test("ThreadRegistry on memory with an injected clock: pairs expire ttlMs a
   const renewed = await registry.initializeRoot("shop");
   assert.notEqual(renewed, root);
   assert.equal(registry.rootUuid, renewed);
+});
+
+/**
+ * A backend on which the first `registryGetChain(uuid)` moves `uuid` to the
+ * new chain `webhook.<hop>` right after reading it (as a racing
+ * `registerThread` in another process would).
+ */
+function movedAfterRead(
+  backend: InMemoryBackend,
+  uuid: string,
+  hop: string,
+): SharedBackend {
+  let moved = false;
+  return new Proxy(backend, {
+    get(target, property) {
+      if (property === "registryGetChain") {
+        return async (u: string) => {
+          const chain = await target.registryGetChain(u);
+          if (!moved && u === uuid) {
+            moved = true;
+            assert.equal(
+              await new ThreadRegistry(target).registerThread(
+                uuid,
+                "webhook",
+                hop,
+              ),
+              uuid,
+            );
+          }
+          return chain;
+        };
+      }
+      const value = Reflect.get(target, property, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+Deno.test("extendChain and pruneForResponse read a snapshot: a uuid registerThread moves between their two steps is routed by the chain it had when read (issue 10 defect 8: the docs said this read could not be stale)", async () => {
+  await using backend = new InMemoryBackend();
+  const registry = new ThreadRegistry(backend);
+  // Only registerThread (and a raw registrySet) can move a uuid:
+  // getOrCreate, startChain and initializeRoot map fresh uuids.
+  const uuid = await registry.getOrCreate("console.router");
+  await registry.getOrCreate("console.greeter");
+  assert.equal(await registry.lookup(uuid), "console.router");
+
+  const extended = await new ThreadRegistry(
+    movedAfterRead(backend, uuid, "router"),
+  ).extendChain(uuid, "greeter");
+  assert.equal(await registry.lookup(uuid), "webhook.router", "moved");
+  assert.equal(
+    await registry.lookup(extended),
+    "console.router.greeter",
+    "extended as the chain it had when read",
+  );
+
+  const other = await registry.getOrCreate("console.router");
+  const back = await new ThreadRegistry(movedAfterRead(backend, other, "mail"))
+    .pruneForResponse(other);
+  assert.equal(back?.target, "console", "pruned as the chain it had when read");
+  assert.equal(await registry.lookup(other), "webhook.mail");
 });
