@@ -4,7 +4,7 @@
 
 import { BackendError } from "./errors.ts";
 import { deserializeSlot } from "./serialize.ts";
-import type { AppendOptions, BufferSlot } from "./context.ts";
+import type { AppendOptions, BufferSlot } from "./_context_types.ts";
 import { describe } from "./_messages.ts";
 import { checkNonEmptyString } from "./_validate.ts";
 

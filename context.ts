@@ -21,17 +21,47 @@
  * const slot = await buffer.append("thread-1", { text: "hi" }, { fromId: "console", toId: "greeter" });
  * assert.equal(slot.slotIndex, 0);
  * const thread = await buffer.getThread("thread-1");
- * assert.equal(thread?.[0]?.payload.text, "hi");
+ * assert.equal(thread[0]?.payload.text, "hi");
+ * ```
+ *
+ * @example Wait for another agent's answer
+ * ```ts
+ * import { ContextBuffer } from "@xml-pipeline/shared-backend/context";
+ * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
+ * import assert from "node:assert/strict";
+ *
+ * await using backend = new InMemoryBackend(); // kv or redis: across processes
+ * const buffer = new ContextBuffer<string>(backend);
+ * const question = await buffer.append("t1", "2+2?", { fromId: "user", toId: "calc" });
+ * setTimeout(() => buffer.append("t1", "4", { fromId: "calc", toId: "user" }), 10);
+ * const answer = await buffer.waitFor("t1", (s) => s.fromId === "calc", {
+ *   fromIndex: question.slotIndex + 1,
+ *   timeoutMs: 5_000,
+ * });
+ * assert.equal(answer.payload, "4");
  * ```
  *
  * @module
  */
 
 import { DEFAULT_CONFIG } from "./config.ts";
-import type { SharedBackend } from "./protocol.ts";
+import type {
+  BufferAppendOptions,
+  BufferWatchOptions,
+  SharedBackend,
+} from "./protocol.ts";
 import { serializeSlot } from "./serialize.ts";
 import { checkBackend, checkNonEmptyString } from "./_validate.ts";
 import { decode, decodeAll, storedSlot, toSlot } from "./_context_slots.ts";
+import { PairKeeper } from "./_context_pairs.ts";
+import { SlotWatch, waitForSlot } from "./_context_watch.ts";
+import type {
+  AppendOptions,
+  BufferSlot,
+  ContextBufferOptions,
+  ContextBufferStats,
+  WaitForOptions,
+} from "./_context_types.ts";
 
 export type {
   BackendKind,
@@ -42,180 +72,18 @@ export type {
   WatchedSlot,
 } from "./protocol.ts";
 export { payloadTypeName } from "./_context_slots.ts";
+export type {
+  AppendOptions,
+  BufferSlot,
+  ContextBufferOptions,
+  ContextBufferStats,
+  WaitForOptions,
+} from "./_context_types.ts";
 export {
   type PruneResult,
   type StartChainOptions,
   ThreadRegistry,
 } from "./registry.ts";
-
-/**
- * One message in a thread: the payload and its metadata. Slots are frozen
- * (shallowly: the payload object itself is not frozen).
- *
- * The metadata is stored with the payload, except `slotIndex`: a slot's
- * index is only known once the backend's atomic append has returned it, so
- * it is not stored but taken from the slot's position in the thread when
- * read (position `i` of a thread is the slot whose append returned `i`).
- * Slots returned by {@linkcode ContextBuffer.append} carry the index that
- * append returned.
- *
- * @typeParam T The payload's type.
- *
- * @example
- * ```ts
- * import { type BufferSlot, ContextBuffer } from "@xml-pipeline/shared-backend/context";
- * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
- * import assert from "node:assert/strict";
- *
- * await using backend = new InMemoryBackend();
- * const buffer = new ContextBuffer<string>(backend);
- * const slot: BufferSlot<string> = await buffer.append("t1", "hello", { fromId: "a", toId: "b" });
- * assert.equal(slot.payloadType, "string");
- * assert.equal(slot.isSelfCall, false);
- * assert.ok(Object.isFrozen(slot));
- * ```
- */
-export interface BufferSlot<T = unknown> {
-  /**
-   * The payload. On a slot returned by `append`, the value that was passed
-   * in; on a slot that was read, a fresh copy, as {@linkcode deserializeSlot}
-   * decodes it.
-   */
-  readonly payload: T;
-  /** The thread the slot belongs to. */
-  readonly threadId: string;
-  /** Who sent the payload. */
-  readonly fromId: string;
-  /** Whom the payload was sent to. */
-  readonly toId: string;
-  /** The slot's index in its thread: `0..n-1`, dense, each once. */
-  readonly slotIndex: number;
-  /** When the slot was appended: ISO-8601 in UTC, e.g. `2026-01-31T12:00:00.000Z`. */
-  readonly timestamp: string;
-  /** The payload's type name: see {@linkcode payloadTypeName}. */
-  readonly payloadType: string;
-  /** The name the receiver knows itself by, if given; otherwise `null`. */
-  readonly ownName: string | null;
-  /** Whether the sender called itself; `false` unless given. */
-  readonly isSelfCall: boolean;
-  /** Instructions for the receiver on how to use the payload; `""` unless given. */
-  readonly usageInstructions: string;
-}
-
-/**
- * The metadata given to {@linkcode ContextBuffer.append}. `threadId`,
- * `slotIndex` and `timestamp` are filled in by the buffer.
- *
- * @example
- * ```ts
- * import { type AppendOptions, ContextBuffer } from "@xml-pipeline/shared-backend/context";
- * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
- * import assert from "node:assert/strict";
- *
- * await using backend = new InMemoryBackend();
- * const options: AppendOptions = { fromId: "router", toId: "router", isSelfCall: true, payloadType: "Tick" };
- * const slot = await new ContextBuffer(backend).append("t1", {}, options);
- * assert.equal(slot.payloadType, "Tick");
- * ```
- */
-export interface AppendOptions {
-  /** Who sends the payload: a non-empty string. */
-  fromId: string;
-  /** Whom the payload is sent to: a non-empty string. */
-  toId: string;
-  /**
-   * The name the receiver knows itself by.
-   *
-   * @default {null}
-   */
-  ownName?: string;
-  /**
-   * Whether the sender is calling itself.
-   *
-   * @default {false}
-   */
-  isSelfCall?: boolean;
-  /**
-   * Instructions for the receiver on how to use the payload.
-   *
-   * @default {""}
-   */
-  usageInstructions?: string;
-  /**
-   * The payload's type name, stored in the slot and matched by
-   * {@linkcode ContextBuffer.getByType}.
-   *
-   * @default {payloadTypeName(payload)}
-   */
-  payloadType?: string;
-}
-
-/**
- * Options of {@linkcode ContextBuffer}. The limits are enforced by the
- * backend, atomically; the buffer only reports them in
- * {@linkcode ContextBuffer.stats}, so pass the config the backend was opened
- * with (a whole `BackendConfig` will do).
- *
- * @example
- * ```ts
- * import { ContextBuffer } from "@xml-pipeline/shared-backend/context";
- * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
- * import assert from "node:assert/strict";
- *
- * const config = { maxThreads: 10, maxSlotsPerThread: 100 };
- * await using backend = await InMemoryBackend.open(config); // or createSharedBackend(config)
- * const buffer = new ContextBuffer(backend, config);
- * assert.equal((await buffer.stats()).maxThreads, 10);
- * ```
- */
-export interface ContextBufferOptions {
-  /**
-   * The `maxSlotsPerThread` the backend was opened with, for `stats()`.
-   *
-   * @default {10000}
-   */
-  maxSlotsPerThread?: number;
-  /**
-   * The `maxThreads` the backend was opened with, for `stats()`.
-   *
-   * @default {1000}
-   */
-  maxThreads?: number;
-  /**
-   * The clock, in milliseconds since the epoch, that timestamps are taken
-   * from. Tests pass a fake one.
-   *
-   * @default {Date.now}
-   */
-  now?: () => number;
-}
-
-/**
- * What {@linkcode ContextBuffer.stats} reports.
- *
- * @example
- * ```ts
- * import { ContextBuffer, type ContextBufferStats } from "@xml-pipeline/shared-backend/context";
- * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
- * import assert from "node:assert/strict";
- *
- * await using backend = new InMemoryBackend();
- * const stats: ContextBufferStats = await new ContextBuffer(backend).stats();
- * assert.equal(stats.threadCount, 0);
- * ```
- */
-export interface ContextBufferStats {
-  /** Live threads in the backend's prefix. */
-  threadCount: number;
-  /** Slots in all live threads. */
-  totalSlots: number;
-  /** The `maxThreads` the buffer was given (the backend enforces its own). */
-  maxThreads: number;
-  /** The `maxSlotsPerThread` the buffer was given (the backend enforces its own). */
-  maxSlotsPerThread: number;
-  /** The backend's sliding TTL in milliseconds (0: nothing expires). */
-  ttlMs: number;
-}
 
 /**
  * A typed context buffer over any {@linkcode SharedBackend}: per thread, an
@@ -237,6 +105,15 @@ export interface ContextBufferStats {
  * defaults. Payloads must be values `serializeSlot` can encode exactly:
  * JSON-like data, `Uint8Array`, `Date`, `Map`, `bigint`, nested; not class
  * instances (a `TypeError` naming `$.payload`), nothing is silently changed.
+ *
+ * **Waiting.** {@linkcode ContextBuffer.watch} streams a thread's new slots
+ * as any process appends them, and {@linkcode ContextBuffer.waitFor} waits
+ * for the first one that matches: agents wait for each other without
+ * polling.
+ *
+ * **Liveness.** Appending to a thread also keeps the registry pair whose uuid
+ * is the thread id alive (see {@linkcode ContextBuffer.append}): a
+ * conversation that goes on keeps its chain.
  *
  * The buffer does not own the backend: closing the backend is the caller's
  * job.
@@ -267,6 +144,7 @@ export class ContextBuffer<T = unknown> {
   readonly #maxThreads: number;
   readonly #maxSlotsPerThread: number;
   readonly #now: () => number;
+  readonly #pairs: PairKeeper;
 
   /**
    * Makes a buffer over a backend. Nothing is read or written.
@@ -294,25 +172,42 @@ export class ContextBuffer<T = unknown> {
     this.#maxSlotsPerThread = options.maxSlotsPerThread ??
       DEFAULT_CONFIG.maxSlotsPerThread;
     this.#now = options.now ?? Date.now;
+    this.#pairs = new PairKeeper(backend);
   }
 
   /**
    * Appends a payload to a thread, creating the thread if needed, with one
    * atomic `bufferAppend`.
    *
+   * **Retries.** With an `appendId`, appending the same message again (after
+   * a timeout, a crash, a lost reply) returns the same slot and stores
+   * nothing: see {@linkcode AppendOptions.appendId}.
+   *
+   * **The thread's chain stays alive.** Registry pairs expire `ttlMs` after
+   * their last write, threads `ttlMs` after their last append. So that a
+   * conversation does not lose its chain while it goes on, an append also
+   * refreshes the registry pair whose uuid is `threadId` (if there is one,
+   * with the backend's `registryRefresh`), at most once every `ttlMs / 4` per
+   * thread and buffer (so the pair outlives the thread's last append by at
+   * least `3/4 ttlMs`). A refresh that fails does not fail the append; the
+   * next append tries again. With `ttlMs` 0 nothing expires and nothing is
+   * refreshed.
+   *
    * @param threadId The thread (usually a uuid from {@linkcode ThreadRegistry}).
    * @param payload The payload: a value {@linkcode serializeSlot} can encode, not `undefined`.
-   * @param options Sender, receiver, and the optional metadata.
-   * @returns The new slot, frozen; its `slotIndex` is the index the append returned.
+   * @param options Sender, receiver, the optional metadata, and an `appendId`.
+   * @returns The new slot, frozen; its `slotIndex` is the index the append
+   * returned (for an `appendId` already applied, the stored slot's index).
    * @throws {TypeError} `threadId`, `fromId` or `toId` is not a non-empty
    * string, an optional field has the wrong type, or `payload` is `undefined`
    * or holds a value `serializeSlot` cannot encode (a class instance, say).
-   * @throws {RangeError} `threadId` is too long, the encoded slot is over
-   * `maxSlotBytes`, or `payload` holds a value `serializeSlot` refuses as out of range.
+   * @throws {RangeError} `threadId` is too long, `appendId` is over 128 UTF-8
+   * bytes, the encoded slot is over `maxSlotBytes`, or `payload` holds a
+   * value `serializeSlot` refuses as out of range.
    * @throws {SlotLimitError} The thread holds `maxSlotsPerThread` slots.
    * @throws {ThreadLimitError} The thread is new and `maxThreads` live threads exist.
    *
-   * @example
+   * @example Concurrent appends get distinct indexes
    * ```ts
    * import { ContextBuffer } from "@xml-pipeline/shared-backend/context";
    * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
@@ -325,6 +220,21 @@ export class ContextBuffer<T = unknown> {
    * );
    * assert.deepEqual(slots.map((s) => s.slotIndex).sort(), [0, 1, 2]);
    * ```
+   *
+   * @example A retried append returns the same slot
+   * ```ts
+   * import { ContextBuffer } from "@xml-pipeline/shared-backend/context";
+   * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
+   * import assert from "node:assert/strict";
+   *
+   * await using backend = new InMemoryBackend();
+   * const buffer = new ContextBuffer<string>(backend);
+   * const options = { fromId: "router", toId: "greeter", appendId: "call-7" };
+   * const first = await buffer.append("t1", "greet Ada", options);
+   * const retried = await buffer.append("t1", "greet Ada", options);
+   * assert.equal(retried.slotIndex, first.slotIndex);
+   * assert.equal(await buffer.threadLength("t1"), 1);
+   * ```
    */
   async append(
     threadId: string,
@@ -332,20 +242,174 @@ export class ContextBuffer<T = unknown> {
     options: AppendOptions,
   ): Promise<BufferSlot<T>> {
     checkNonEmptyString("threadId", threadId);
-    const stored = storedSlot(threadId, payload, options, this.#now());
-    const slotIndex = await this.backend.bufferAppend(
-      threadId,
-      serializeSlot(stored),
-    );
+    const now = this.#now();
+    const stored = storedSlot(threadId, payload, options, now);
+    const bytes = serializeSlot(stored);
+    const appendOptions: BufferAppendOptions = {};
+    if (options.appendId !== undefined) {
+      appendOptions.appendId = options.appendId;
+    }
+    // Runs beside the append and never rejects: awaited so that no call is
+    // left running when append settles.
+    const refreshed = this.#pairs.refresh(threadId, now);
+    let slotIndex: number;
+    try {
+      slotIndex = await this.backend.bufferAppend(
+        threadId,
+        bytes,
+        appendOptions,
+      );
+    } finally {
+      await refreshed;
+    }
     return toSlot<T>(stored, threadId, slotIndex, payload);
+  }
+
+  /**
+   * Watches a thread: yields its slots with index >= `fromIndex` as they are
+   * appended, by any isolate, process or machine on the same store, each
+   * once, in index order, over the backend's `bufferWatch` (no polling of
+   * your own). Each slot's `slotIndex` is its index.
+   *
+   * By default (no `fromIndex`) only slots appended after the watch starts
+   * are yielded, and it starts at the first `next()`, not when `watch()` is
+   * called: to be sure to see the answer to a message you appended at index
+   * `i`, pass `fromIndex: i + 1`.
+   *
+   * The watch ends (`done`) when `signal` aborts, on `return()` (`break` in
+   * `for await`; it also ends a `next()` that is waiting), when the backend
+   * closes, and when the thread is deleted or expires. A slot that was not
+   * written by a `ContextBuffer` rejects its `next()` with a `BackendError`
+   * and ends the watch.
+   *
+   * @param threadId The thread; one that does not exist yet is waited for.
+   * @param options Where to start (`fromIndex`, default: the thread's length
+   * when the watch starts) and a `signal` to stop.
+   * @returns An iterator of the slots. Bad arguments (an empty `threadId`, a
+   * negative `fromIndex`, ...) reject its first `next()` with a `TypeError`
+   * or `RangeError` naming them.
+   *
+   * @example Follow a conversation as it goes
+   * ```ts
+   * import { ContextBuffer } from "@xml-pipeline/shared-backend/context";
+   * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
+   * import assert from "node:assert/strict";
+   *
+   * await using backend = new InMemoryBackend();
+   * const buffer = new ContextBuffer<string>(backend);
+   * await buffer.append("t1", "first", { fromId: "a", toId: "b" });
+   * setTimeout(() => buffer.append("t1", "second", { fromId: "b", toId: "a" }), 10);
+   *
+   * const seen: [number, string][] = [];
+   * for await (const slot of buffer.watch("t1", { fromIndex: 0, signal: AbortSignal.timeout(5_000) })) {
+   *   seen.push([slot.slotIndex, slot.payload]);
+   *   if (seen.length === 2) break; // ends the watch
+   * }
+   * assert.deepEqual(seen, [[0, "first"], [1, "second"]]);
+   * ```
+   */
+  watch(
+    threadId: string,
+    options?: BufferWatchOptions,
+  ): AsyncIterableIterator<BufferSlot<T>> {
+    return new SlotWatch<T>(this.backend, threadId, options);
+  }
+
+  /**
+   * Waits for the first slot of a thread that `predicate` accepts, among
+   * those with index >= `fromIndex` (default: the ones appended after the
+   * wait starts), over {@linkcode ContextBuffer.watch}. What an agent does
+   * instead of polling: the greeter waits for its call, the caller for the
+   * answer.
+   *
+   * Pass `fromIndex`: the answer to a message appended at index `i` is at an
+   * index above `i`, so `fromIndex: i + 1` cannot miss it, however fast it
+   * comes; `fromIndex: 0` also finds a slot that was already there. The
+   * watch the wait opens is ended whatever the outcome (match, timeout,
+   * abort, error), and its timer cleared.
+   *
+   * @param threadId The thread; one that does not exist yet is waited for.
+   * @param predicate Tells whether a slot is the one awaited. Its errors reject the wait.
+   * @param options `fromIndex`, a `signal` to give up, and `timeoutMs`.
+   * @returns The first matching slot (frozen).
+   * @throws {TypeError} `threadId` is not a non-empty string, `predicate` is
+   * not a function, or `signal` is not an `AbortSignal`.
+   * @throws {RangeError} `fromIndex` is not a non-negative integer, or
+   * `timeoutMs` is not a non-negative finite number.
+   * @throws {BackendError} No slot matched within `timeoutMs` (the message
+   * names the thread); or the thread was deleted or expired first; or a
+   * slot was not written by a `ContextBuffer`.
+   * @throws {BackendClosedError} The backend closed before a slot matched.
+   * @throws {unknown} `signal` aborted: its `reason` (a `DOMException` named
+   * `AbortError` or `TimeoutError` unless you gave another).
+   *
+   * @example The caller waits for the answer another agent appends
+   * ```ts
+   * import { ContextBuffer } from "@xml-pipeline/shared-backend/context";
+   * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
+   * import assert from "node:assert/strict";
+   *
+   * type Message = { type: "question" | "answer"; text: string };
+   * await using backend = new InMemoryBackend(); // or kv/redis: any process
+   * const buffer = new ContextBuffer<Message>(backend);
+   *
+   * // The calculator: waits for a question, then answers it.
+   * const calculator = (async () => {
+   *   const question = await buffer.waitFor("t1", (s) => s.payload.type === "question", {
+   *     fromIndex: 0,
+   *     timeoutMs: 5_000,
+   *   });
+   *   await buffer.append("t1", { type: "answer", text: "4" }, { fromId: "calc", toId: question.fromId });
+   * })();
+   *
+   * const question = await buffer.append("t1", { type: "question", text: "2+2?" }, { fromId: "user", toId: "calc" });
+   * const answer = await buffer.waitFor("t1", (s) => s.payload.type === "answer", {
+   *   fromIndex: question.slotIndex + 1,
+   *   timeoutMs: 5_000,
+   * });
+   * await calculator;
+   * assert.deepEqual([answer.slotIndex, answer.payload.text], [1, "4"]);
+   * ```
+   *
+   * @example A timeout names the thread
+   * ```ts
+   * import { BackendError } from "@xml-pipeline/shared-backend";
+   * import { ContextBuffer } from "@xml-pipeline/shared-backend/context";
+   * import { InMemoryBackend } from "@xml-pipeline/shared-backend/memory";
+   * import assert from "node:assert/strict";
+   *
+   * await using backend = new InMemoryBackend();
+   * const buffer = new ContextBuffer(backend);
+   * await assert.rejects(
+   *   buffer.waitFor("t1", () => true, { timeoutMs: 20 }),
+   *   (error: Error) => error instanceof BackendError && /thread "t1".*timeoutMs \(20\)/.test(error.message),
+   * );
+   * ```
+   */
+  waitFor(
+    threadId: string,
+    predicate: (slot: BufferSlot<T>) => boolean,
+    options?: WaitForOptions,
+  ): Promise<BufferSlot<T>> {
+    return waitForSlot<T>(this.backend, threadId, predicate, options);
   }
 
   /**
    * Reads a whole thread.
    *
+   * **One rule for missing threads**: every read of a list of slots
+   * (`getThread`, {@linkcode ContextBuffer.getSlice},
+   * {@linkcode ContextBuffer.getByType}, {@linkcode ContextBuffer.getFrom})
+   * returns an empty array for a thread that does not exist, as the
+   * protocol's `bufferGetThread` does; only {@linkcode ContextBuffer.getSlot},
+   * which reads one slot, returns `null`. Why not `null`: a thread exists
+   * from its first append until it is deleted or expires, so no thread is
+   * ever empty, and an empty array says all that `null` would, without a
+   * `?? []` at every call. Use {@linkcode ContextBuffer.threadExists} to ask.
+   *
    * @param threadId The thread.
-   * @returns Its slots in index order (frozen, in a frozen array), or `null`
-   * if the thread does not exist (or expired).
+   * @returns Its slots in index order (frozen, in a frozen array); empty if
+   * the thread does not exist (or expired).
    * @throws {BackendError} A stored slot was not written by a `ContextBuffer`.
    *
    * @example
@@ -356,16 +420,15 @@ export class ContextBuffer<T = unknown> {
    *
    * await using backend = new InMemoryBackend();
    * const buffer = new ContextBuffer<string>(backend);
-   * assert.equal(await buffer.getThread("t1"), null);
+   * assert.deepEqual(await buffer.getThread("t1"), []);
    * await buffer.append("t1", "one", { fromId: "a", toId: "b" });
    * await buffer.append("t1", "two", { fromId: "b", toId: "a" });
    * const thread = await buffer.getThread("t1");
-   * assert.deepEqual(thread?.map((s) => [s.slotIndex, s.payload]), [[0, "one"], [1, "two"]]);
+   * assert.deepEqual(thread.map((s) => [s.slotIndex, s.payload]), [[0, "one"], [1, "two"]]);
    * ```
    */
-  async getThread(threadId: string): Promise<readonly BufferSlot<T>[] | null> {
+  async getThread(threadId: string): Promise<readonly BufferSlot<T>[]> {
     const raw = await this.backend.bufferGetThread(threadId);
-    if (raw.length === 0) return null;
     return decodeAll<T>(threadId, raw, 0);
   }
 
@@ -551,11 +614,12 @@ export class ContextBuffer<T = unknown> {
    * const buffer = new ContextBuffer(backend);
    * await buffer.append("t1", 1, { fromId: "a", toId: "b" });
    * assert.equal(await buffer.deleteThread("t1"), true);
-   * assert.equal(await buffer.getThread("t1"), null);
+   * assert.deepEqual(await buffer.getThread("t1"), []);
    * assert.equal(await buffer.deleteThread("t1"), false);
    * ```
    */
   deleteThread(threadId: string): Promise<boolean> {
+    this.#pairs.forget(threadId);
     return this.backend.bufferDeleteThread(threadId);
   }
 
@@ -604,8 +668,6 @@ export class ContextBuffer<T = unknown> {
   ): Promise<readonly BufferSlot<T>[]> {
     checkNonEmptyString(field, value);
     const thread = await this.getThread(threadId);
-    return Object.freeze(
-      (thread ?? []).filter((slot) => slot[field] === value),
-    );
+    return Object.freeze(thread.filter((slot) => slot[field] === value));
   }
 }

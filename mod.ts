@@ -73,6 +73,7 @@ export {
   type ContextBufferOptions,
   type ContextBufferStats,
   payloadTypeName,
+  type WaitForOptions,
 } from "./context.ts";
 export {
   type PruneResult,

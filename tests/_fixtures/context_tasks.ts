@@ -1,6 +1,7 @@
 // The concurrent tasks of the ContextBuffer and ThreadRegistry tests, as plain
 // functions over a backend: tests/_fixtures/context_worker.ts runs them in
 // Workers (kv, redis); the memory variants run them in the test's isolate.
+// An "answer" task is an agent that waits for its questions and answers them.
 
 import { ContextBuffer } from "../../context.ts";
 import type { SharedBackend } from "../../protocol.ts";
@@ -51,19 +52,80 @@ export interface Note {
   seq: number;
 }
 
+/**
+ * An agent that waits (`ContextBuffer.waitFor`) for each question addressed
+ * to it on one thread and appends its answer: the other half of a
+ * conversation the test plays from another isolate.
+ */
+export interface AnswerTask {
+  kind: "answer";
+  threadId: string;
+  /** The agent's name: it answers the questions whose `toId` is this. */
+  name: string;
+  /** Questions to answer, `seq` 0 .. questions - 1. */
+  questions: number;
+}
+
+/** What an {@linkcode AnswerTask} agent did. */
+export interface AnswerTaskResult {
+  name: string;
+  /** [seq, the question's slotIndex, the answer's slotIndex] per question. */
+  answered: [number, number, number][];
+}
+
+/** The payload of the questions and answers of an {@linkcode AnswerTask}. */
+export interface Exchange {
+  type: "question" | "answer";
+  seq: number;
+}
+
 /** Any task. */
-export type WorkerTask = RegistryTask | AppendTask;
+export type WorkerTask = RegistryTask | AppendTask | AnswerTask;
 /** Any task's result. */
-export type WorkerTaskResult = RegistryTaskResult | AppendTaskResult;
+export type WorkerTaskResult =
+  | RegistryTaskResult
+  | AppendTaskResult
+  | AnswerTaskResult;
 
 /** Runs a task on a backend. */
 export function runTask(
   backend: SharedBackend,
   task: WorkerTask,
 ): Promise<WorkerTaskResult> {
-  return task.kind === "registry"
-    ? runRegistryTask(backend, task)
-    : runAppendTask(backend, task);
+  switch (task.kind) {
+    case "registry":
+      return runRegistryTask(backend, task);
+    case "append":
+      return runAppendTask(backend, task);
+    case "answer":
+      return runAnswerTask(backend, task);
+  }
+}
+
+async function runAnswerTask(
+  backend: SharedBackend,
+  task: AnswerTask,
+): Promise<AnswerTaskResult> {
+  const buffer = new ContextBuffer<Exchange>(backend);
+  const answered: [number, number, number][] = [];
+  let fromIndex = 0;
+  for (let seq = 0; seq < task.questions; seq++) {
+    const question = await buffer.waitFor(
+      task.threadId,
+      (slot) =>
+        slot.toId === task.name && slot.payload.type === "question" &&
+        slot.payload.seq === seq,
+      { fromIndex, timeoutMs: 60_000 },
+    );
+    const answer = await buffer.append(
+      task.threadId,
+      { type: "answer", seq },
+      { fromId: task.name, toId: question.fromId },
+    );
+    answered.push([seq, question.slotIndex, answer.slotIndex]);
+    fromIndex = question.slotIndex + 1;
+  }
+  return { name: task.name, answered };
 }
 
 async function runRegistryTask(
