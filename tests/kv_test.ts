@@ -16,10 +16,6 @@ Deno.test("KvBackend meets the shared-backend contract", async (t) => {
           "issue 10 defect 3, in progress on kv",
         "appendId": "append ids are not implemented on this backend yet",
         "append ids": "append ids are not implemented on this backend yet",
-        "deleted or cleared":
-          "its interim watch source does not report deletion yet",
-        "of its thread's expiry":
-          "its interim watch source does not report expiry yet",
       },
     });
   } finally {
