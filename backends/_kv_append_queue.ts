@@ -1,4 +1,4 @@
-// Owns the commit of appends (queue, batches, plans, head cache); never writes a slot in a commit that does not check its thread's head.
+// Owns the commit of appends (queue, batches, plans, append ids, retries that never apply twice); never writes a slot in a commit that does not check its thread's head.
 //
 // Appends made concurrently in one isolate wait in a queue while a commit is
 // in flight; the next commit takes as many of them as the atomic limits
@@ -6,17 +6,43 @@
 // thread or many. Each commit checks the versionstamp of every head it
 // relies on (and of the thread counter when it creates or refuses threads),
 // so across isolates and processes the indexes of a thread are exactly
-// `0..n-1`. Heads are cached between commits: a lone writer commits without
-// reading. Each caller gets its own index or its own error.
+// `0..n-1`. Heads are cached between commits (_kv_heads.ts): a lone writer
+// commits without reading. Each caller gets its own index or its own error.
+//
+// Append ids: an append with an `appendId` records it beside its
+// generation's slots (`[p, "slot", threadId, gen, appendId]` = index) in the
+// same commit as the slot. Before planning, the queue reads the ids of the
+// batch together with their thread's head in one `getMany` (a consistent
+// snapshot); every commit that records an id rewrites that head, so the
+// head's check covers the ids too: of two processes racing with one id, one
+// commit stores the slot and the other, planned again, finds the id. A
+// thread's ids go with its generation (deletion, expiry, clear).
+//
+// Retries: a commit that conflicts is planned again, at most `maxAttempts`
+// times; one that fails on contention or a lost connection is retried until
+// `retryTimeoutMs`. Where a commit's answer may be lost (`idempotentRetries`:
+// KV Connect, Deno Deploy), every commit of this backend also checks and
+// rewrites its producer record (`[p, "producer", producerId]` = the
+// attempt's sequence number). A backend's commits are serial, so after a
+// failure that record says which attempt, if any, was applied, and no two
+// attempts can both apply: a retry never applies an append twice, and the
+// cost is one small record per backend, nothing per slot.
 
+import { copyBytes } from "../_bytes.ts";
 import { BackendError, SlotLimitError, ThreadLimitError } from "../errors.ts";
 import { errorMessage } from "../_messages.ts";
 import type { KvBlobStore, Upload } from "./_kv_blobs.ts";
 import {
+  type CachedCount,
+  type CachedHead,
+  type HeadCache,
+  headIsLive,
+} from "./_kv_heads.ts";
+import {
   type BlobRef,
   CHUNK_BYTES,
   expiryFrom,
-  isLive,
+  idPart,
   type ThreadHead,
 } from "./_kv_keys.ts";
 import type { KvStore } from "./_kv_store.ts";
@@ -25,48 +51,45 @@ import {
   type KvSweeper,
   retireGeneration,
 } from "./_kv_sweep.ts";
-import {
-  isContention,
-  jitteredDelay,
-  KV_LIMITS,
-  MAX_KEY_BYTES,
-  newId,
-} from "./_kv_util.ts";
-
-/** Heads cached for group commit; the cache is dropped when it grows past this. */
-const HEAD_CACHE_SIZE = 10_000;
-
-/** What this isolate last knew of a thread's head. */
-interface CachedHead {
-  versionstamp: string | null;
-  head: ThreadHead | null;
-}
-
-/** What this isolate last knew of the thread counter. */
-interface CachedCount {
-  versionstamp: string | null;
-  value: number;
-}
+import { isTransient, jitteredDelay, KV_LIMITS, newId } from "./_kv_util.ts";
 
 /** What a group commit is planned from. */
 interface Snapshot {
   heads: Map<string, CachedHead>;
   count: CachedCount;
+  /** By thread: the append ids of the batch already recorded in its live generation, with their indexes. */
+  applied: Map<string, Map<string, number>>;
+  /** This backend's producer record, when read (after an attempt whose outcome is unknown). */
+  producer: Deno.KvEntryMaybe<number> | undefined;
 }
 
 /** One append waiting in the queue. */
 interface PendingAppend {
   threadId: string;
-  /** The slot itself, or the reference to its uploaded chunks. */
+  /** The slot itself (a copy), or the reference to its uploaded chunks. */
   value: Uint8Array | BlobRef;
   /** For a large slot: its upload, checked and deleted on publish. */
   upload: Upload | undefined;
-  /** Estimated bytes this append adds to a commit (key and value). */
+  appendId: string | undefined;
+  /** Estimated bytes this append adds to a commit (keys and values). */
   bytes: number;
   /** Most bytes of one of the thread's keys. */
   keyBytes: number;
+  /** Bytes of its append id's key, or 0. */
+  idKeyBytes: number;
   resolve: (index: number) => void;
   reject: (error: unknown) => void;
+}
+
+/** One planned attempt of a group commit. */
+interface Plan {
+  op: Deno.AtomicOperation;
+  /** Its sequence number, in the producer record when `idempotentRetries`. */
+  seq: number;
+  /** Threads it refused for `maxThreads`. */
+  overflow: number;
+  /** Settles its callers once it is known to be applied, as `versionstamp`. */
+  settle: (versionstamp: string) => void;
 }
 
 /** The limits an append is planned against. */
@@ -76,101 +99,86 @@ export interface AppendLimits {
   maxThreads: number;
 }
 
-/**
- * What this isolate last knew of heads and of the thread counter, with
- * their versionstamps: a commit checks them, so a stale entry costs one
- * retry, never a wrong index.
- */
-export class HeadCache {
-  readonly #heads = new Map<string, CachedHead>();
-  /** The thread counter; `undefined` when it must be read again. */
-  count: CachedCount | undefined;
-
-  get(threadId: string): CachedHead | undefined {
-    return this.#heads.get(threadId);
-  }
-
-  set(threadId: string, cached: CachedHead): void {
-    this.#heads.set(threadId, cached);
-  }
-
-  /** Drops every head when `more` of them would grow the cache past its size. */
-  makeRoom(more: number): void {
-    if (this.#heads.size + more > HEAD_CACHE_SIZE) this.#heads.clear();
-  }
-
-  /** Forgets the head of `threadId` (of every thread if absent) and the counter. */
-  forget(threadId?: string): void {
-    if (threadId === undefined) this.#heads.clear();
-    else this.#heads.delete(threadId);
-    this.count = undefined;
-  }
-}
-
 /** The group-commit queue of one backend's appends. */
 export class KvAppendQueue {
   readonly #store: KvStore;
   readonly #blobs: KvBlobStore;
   readonly #sweeper: KvSweeper;
   readonly #heads: HeadCache;
-  readonly #limits: AppendLimits;
+  readonly #options: AppendLimits;
   readonly #queue: PendingAppend[] = [];
   #flushing: Promise<void> | undefined;
+  /** Discards of uploads that an applied append id made unneeded. */
+  readonly #discards = new Set<Promise<void>>();
+
+  /** The last sequence number this backend's commits used. */
+  #seq = 0;
+  /** The producer record's versionstamp as of this backend's last commit. */
+  #producerVersionstamp: string | null = null;
 
   constructor(
     store: KvStore,
     blobs: KvBlobStore,
     sweeper: KvSweeper,
     heads: HeadCache,
-    limits: AppendLimits,
+    options: AppendLimits,
   ) {
     this.#store = store;
     this.#blobs = blobs;
     this.#sweeper = sweeper;
     this.#heads = heads;
-    this.#limits = limits;
+    this.#options = options;
   }
 
   /**
    * Appends a copy of `slot` (checked by the caller) to a thread: queued at
    * once for a small slot, so appends of one caller keep their order; a
-   * large slot is uploaded first and published by the commit.
+   * large slot is uploaded first and published by the commit. With an
+   * `appendId` already recorded in the thread, returns its index and stores
+   * nothing.
    *
    * @returns The slot's index.
    * @throws {SlotLimitError} The thread is full.
    * @throws {ThreadLimitError} The thread is new and `maxThreads` live threads exist.
-   * @throws {BackendError} The thread's keys are too long, the commit kept
-   * conflicting, the upload was reclaimed, or the store failed.
+   * @throws {BackendError} The commit kept conflicting or failing, the
+   * upload was reclaimed, or the store failed; the message says whether the
+   * append was applied.
    */
-  async append(threadId: string, slot: Uint8Array): Promise<number> {
+  async append(
+    threadId: string,
+    slot: Uint8Array,
+    appendId?: string,
+  ): Promise<number> {
     const keys = this.#store.keys;
     const keyBytes = keys.threadKeyBytes(threadId);
-    if (!keys.threadFits(threadId)) {
-      throw new BackendError(
-        `Cannot append to thread ${
-          JSON.stringify(threadId.slice(0, 40))
-        }...: its Deno KV keys would exceed the ${MAX_KEY_BYTES} bytes allowed; use a shorter prefix or id`,
-      );
-    }
+    const idKeyBytes = appendId === undefined
+      ? 0
+      : keys.appendIdKeyBytes(threadId, appendId);
+    // An append id: its key twice (the set's key counts twice) and a number.
+    const idBytes = idKeyBytes === 0 ? 0 : 2 * idKeyBytes + 16;
     if (slot.byteLength <= CHUNK_BYTES) {
       return await this.#submit({
         threadId,
-        value: slot.slice(),
+        // Copied now, before the first await: the caller may reuse its
+        // buffer as soon as this call returns (a Buffer's slice() is a view).
+        value: copyBytes(slot),
         upload: undefined,
-        bytes: keyBytes + slot.byteLength + 16,
+        appendId,
+        bytes: keyBytes + slot.byteLength + 16 + idBytes,
         keyBytes,
+        idKeyBytes,
       });
     }
-    // Copied now, before the first await: the caller may reuse its buffer
-    // as soon as this call returns.
-    const upload = await this.#blobs.upload(threadId, slot.slice());
+    const upload = await this.#blobs.upload(threadId, copyBytes(slot));
     try {
       return await this.#submit({
         threadId,
         value: upload.ref,
         upload,
-        bytes: 3 * keyBytes + 128,
+        appendId,
+        bytes: 3 * keyBytes + 128 + idBytes,
         keyBytes,
+        idKeyBytes,
       });
     } catch (error) {
       // Not published: reclaim the chunks now (the sweep would, later).
@@ -182,6 +190,7 @@ export class KvAppendQueue {
   /** Resolves when the commit in flight, if any, has settled its callers. */
   async idle(): Promise<void> {
     await this.#flushing;
+    while (this.#discards.size > 0) await Promise.all(this.#discards);
   }
 
   #submit(
@@ -217,23 +226,27 @@ export class KvAppendQueue {
 
   /** Takes the longest run of queued appends that fits in one atomic commit. */
   #takeBatch(): PendingAppend[] {
-    // Reserve one check and a few mutations for the thread counter.
-    let checks = 1;
-    let mutations = 1;
-    let bytes = 256;
-    let setKeys = 64;
+    // Reserve one check and a few mutations for the thread counter, and
+    // one of each for the producer record.
+    const producer = this.#store.idempotentRetries ? 1 : 0;
+    let checks = 1 + producer;
+    let mutations = 1 + producer;
+    let bytes = 256 + 128 * producer;
+    let setKeys = 64 + 64 * producer;
     const threads = new Set<string>();
     let taken = 0;
     for (const item of this.#queue) {
       const isNew = !threads.has(item.threadId);
       const addChecks = (isNew ? 1 : 0) + (item.upload ? 1 : 0);
       // A new thread in the batch: head, expiry entry and its old one, a dead-generation marker.
-      const addMutations = 1 + (isNew ? 4 : 0) + (item.upload ? 2 : 0);
-      // Keys of sets: the slot, a blobref; for a new thread its head, expiry
-      // entry and dead-generation marker. They count against their own
-      // 80 KiB limit, and twice in the commit's bytes (with the check keys).
+      const addMutations = 1 + (isNew ? 4 : 0) + (item.upload ? 2 : 0) +
+        (item.appendId === undefined ? 0 : 1);
+      // Keys of sets: the slot, a blobref, an append id; for a new thread
+      // its head, expiry entry and dead-generation marker. They count
+      // against their own 80 KiB limit, and twice in the commit's bytes
+      // (with the check keys).
       const addSetKeys = item.keyBytes *
-        (1 + (item.upload ? 1 : 0) + (isNew ? 3 : 0));
+          (1 + (item.upload ? 1 : 0) + (isNew ? 3 : 0)) + item.idKeyBytes;
       const addBytes = item.bytes + (isNew ? 4 * (item.keyBytes + 64) : 0) +
         addSetKeys + addChecks * item.keyBytes;
       if (
@@ -254,30 +267,44 @@ export class KvAppendQueue {
   }
 
   /**
-   * Commits one batch of appends, retrying on conflicts; settles every item
-   * with its own index or error, never throws.
+   * Commits one batch of appends, retrying conflicts (`maxAttempts`) and
+   * failures that may pass (until `retryTimeoutMs`); settles every item with
+   * its own index or error, never throws.
    */
   async #commitBatch(batch: PendingAppend[]): Promise<void> {
-    const maxAttempts = this.#store.maxAttempts;
+    const { maxAttempts } = this.#store;
+    const deadline = Date.now() + this.#store.retryTimeoutMs;
     let pending = Map.groupBy(batch, (item) => item.threadId);
+    /** Attempts whose commit may have been applied, by sequence number. */
+    const uncertain = new Map<number, Plan>();
     let sweptForLimit = false;
+    let conflicts = 0;
     let lastError: unknown;
-    for (let attempt = 0; attempt < maxAttempts; attempt++) {
-      if (attempt > 0) await jitteredDelay(attempt);
+    for (let round = 0;; round++) {
+      if (round > 0) await jitteredDelay(round);
+      let committing: Plan | undefined;
       try {
-        const snapshot = await this.#loadHeads([...pending.keys()]);
+        const snapshot = await this.#load(pending, uncertain.size > 0);
+        if (snapshot.producer !== undefined) {
+          const applied = uncertain.get(snapshot.producer.value ?? -1);
+          if (applied !== undefined) {
+            applied.settle(snapshot.producer.versionstamp!);
+            return;
+          }
+          this.#producerVersionstamp = snapshot.producer.versionstamp;
+        }
         const plan = this.#plan(pending, snapshot, Date.now());
         if (plan.overflow > 0 && !sweptForLimit) {
           // At maxThreads: retire expired heads so that only live ones count.
           sweptForLimit = true;
           await this.#sweeper.retireExpired();
           this.#heads.count = undefined;
-          attempt--;
+          round--;
           continue;
         }
         // Uploads the sweep reclaimed (their writer was too slow) fail
         // alone; checked after a failed commit only.
-        const lost = attempt === 0
+        const lost = round === 0
           ? []
           : await this.#blobs.lost([...pending.values()].flat());
         if (lost.length > 0) {
@@ -286,7 +313,7 @@ export class KvAppendQueue {
               new BackendError(
                 `Cannot append to thread ${
                   JSON.stringify(item.threadId)
-                }: the upload of a large slot took longer than uploadTimeoutMs (${this.#blobs.uploadTimeoutMs}) and was reclaimed`,
+                }: the upload of a large slot took longer than uploadTimeoutMs (${this.#blobs.uploadTimeoutMs}) and was reclaimed; it was not applied`,
               ),
             );
           }
@@ -295,41 +322,111 @@ export class KvAppendQueue {
             (item) => item.threadId,
           );
           if (pending.size === 0) return;
-          attempt--;
+          round--;
           continue;
         }
+        committing = plan;
         const result = await plan.op.commit();
         if (result.ok) {
           plan.settle(result.versionstamp);
           return;
         }
+        // A conflict; with a remote KV, possibly after a retry inside the
+        // client of an attempt that was applied.
+        conflicts++;
+        if (this.#store.idempotentRetries) uncertain.set(plan.seq, plan);
       } catch (error) {
-        if (!isContention(error)) {
-          const failure = new BackendError(
-            `Cannot append to thread ${JSON.stringify(batch[0]!.threadId)}: ${
-              errorMessage(error)
-            }`,
-            { cause: error },
-          );
-          for (const items of pending.values()) {
-            for (const item of items) item.reject(failure);
-          }
-          this.#forget(pending.keys());
-          return;
+        if (committing !== undefined && this.#store.idempotentRetries) {
+          uncertain.set(committing.seq, committing);
         }
         lastError = error;
+        if (!isTransient(error)) {
+          await this.#fail(pending, errorMessage(error), error, uncertain);
+          return;
+        }
       }
       this.#forget(pending.keys());
+      if (conflicts >= maxAttempts) {
+        await this.#fail(
+          pending,
+          `the commit conflicted with other writers ${maxAttempts} times; raise maxAttempts or lower contention`,
+          lastError,
+          uncertain,
+        );
+        return;
+      }
+      if (Date.now() >= deadline) {
+        await this.#fail(
+          pending,
+          `the commit kept failing for retryTimeoutMs (${this.#store.retryTimeoutMs} ms): ${
+            errorMessage(lastError)
+          }`,
+          lastError,
+          uncertain,
+        );
+        return;
+      }
+    }
+  }
+
+  /**
+   * Rejects every caller of `pending`, each with an error naming its own
+   * thread and saying whether the append was applied. When an attempt's
+   * outcome is unknown, first finds out (and if one was applied, settles
+   * its callers instead).
+   */
+  async #fail(
+    pending: Map<string, PendingAppend[]>,
+    reason: string,
+    cause: unknown,
+    uncertain: Map<number, Plan>,
+  ): Promise<void> {
+    let outcome = "it was not applied";
+    if (uncertain.size > 0) {
+      try {
+        if (await this.#fence(uncertain)) return;
+      } catch {
+        outcome = "it may or may not have been applied";
+      }
     }
     for (const [threadId, items] of pending) {
       const failure = new BackendError(
         `Cannot append to thread ${
           JSON.stringify(threadId)
-        }: the commit conflicted with other writers ${maxAttempts} times; raise maxAttempts or lower contention`,
-        lastError === undefined ? undefined : { cause: lastError },
+        }: ${reason}; ${outcome}`,
+        cause === undefined ? undefined : { cause },
       );
       for (const item of items) item.reject(failure);
     }
+  }
+
+  /**
+   * Settles the attempt of `uncertain` that was applied, if one was, and
+   * returns true; otherwise rewrites the producer record, so that none of
+   * them can be applied later, and returns false.
+   *
+   * @throws {Error} The store cannot be read or written.
+   */
+  async #fence(uncertain: Map<number, Plan>): Promise<boolean> {
+    const { kv, keys } = this.#store;
+    const key = keys.producer(this.#store.producerId);
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const entry = await kv.get<number>(key);
+      const applied = uncertain.get(entry.value ?? -1);
+      if (applied !== undefined) {
+        applied.settle(entry.versionstamp!);
+        return true;
+      }
+      const seq = ++this.#seq;
+      const result = await kv.atomic().check(entry)
+        .set(key, seq, { expireIn: this.#store.recordExpireIn })
+        .commit();
+      if (result.ok) {
+        this.#producerVersionstamp = result.versionstamp;
+        return false;
+      }
+    }
+    throw new Error("the producer record kept changing");
   }
 
   #forget(threadIds: Iterable<string>): void {
@@ -337,75 +434,172 @@ export class KvAppendQueue {
   }
 
   /**
-   * The heads of a batch's threads and the thread counter: from the cache,
-   * reading what it lacks. Returns a snapshot, so that other calls of this
+   * What a batch is planned from: the heads of its threads and the thread
+   * counter (from the cache, reading what it lacks), the append ids of the
+   * batch already recorded (read with their head), and, when asked, this
+   * backend's producer record. A snapshot, so that other calls of this
    * isolate changing the cache meanwhile cannot disturb the plan.
    */
-  async #loadHeads(threadIds: string[]): Promise<Snapshot> {
-    const { kv, keys } = this.#store;
+  async #load(
+    pending: Map<string, PendingAppend[]>,
+    readProducer: boolean,
+  ): Promise<Snapshot> {
+    const { keys } = this.#store;
     const heads = new Map<string, CachedHead>();
     const missing: string[] = [];
-    for (const id of threadIds) {
+    for (const id of pending.keys()) {
       const cached = this.#heads.get(id);
       if (cached === undefined) missing.push(id);
       else heads.set(id, cached);
     }
     let count = this.#heads.count;
     const toRead: Deno.KvKey[] = missing.map((id) => keys.head(id));
-    if (count === undefined) toRead.push(keys.threadCount());
-    if (toRead.length === 0) return { heads, count: count! };
-    const reads: Promise<Deno.KvEntryMaybe<unknown>[]>[] = [];
-    for (let i = 0; i < toRead.length; i += KV_LIMITS.getMany) {
-      reads.push(kv.getMany(toRead.slice(i, i + KV_LIMITS.getMany)));
-    }
-    const entries = (await Promise.all(reads)).flat();
+    const countAt = count === undefined ? toRead.push(keys.threadCount()) : 0;
+    const producerAt = readProducer
+      ? toRead.push(keys.producer(this.#store.producerId))
+      : 0;
+    const entries = await this.#getMany(toRead);
     this.#heads.makeRoom(missing.length);
-    missing.forEach((id, i) => {
-      const entry = entries[i]!;
-      const cached = {
-        versionstamp: entry.versionstamp,
-        head: entry.value as ThreadHead | null,
-      };
-      heads.set(id, cached);
-      this.#heads.set(id, cached);
-    });
-    if (count === undefined) {
-      const entry = entries[entries.length - 1]!;
+    missing.forEach((id, i) => this.#remember(heads, id, entries[i]!));
+    if (countAt > 0) {
+      const entry = entries[countAt - 1]!;
       count = {
         versionstamp: entry.versionstamp,
         value: (entry.value as number | null) ?? 0,
       };
       this.#heads.count = count;
     }
-    return { heads, count };
+    const producer = producerAt > 0
+      ? entries[producerAt - 1] as Deno.KvEntryMaybe<number>
+      : undefined;
+    const applied = new Map<string, Map<string, number>>();
+    await Promise.all(
+      [...pending].map(async ([threadId, items]) => {
+        const ids = new Set<string>();
+        for (const item of items) {
+          if (item.appendId !== undefined) ids.add(item.appendId);
+        }
+        if (ids.size === 0) return;
+        const found = await this.#readAppendIds(heads, threadId, [...ids]);
+        if (found !== undefined) applied.set(threadId, found);
+      }),
+    );
+    return { heads, count: count!, applied, producer };
   }
 
   /**
-   * Plans one group commit from the cached heads: which callers get which
-   * index, which get a limit error, and the atomic operation that makes it so
-   * (it checks every head it relies on, and the counter when threads are
-   * created or refused).
+   * The append ids of `ids` recorded in the live generation of a thread,
+   * with their indexes, each `getMany` also reading the head: the snapshot
+   * the plan checks. `undefined` if the thread is not live (a new
+   * generation records ids anew).
+   */
+  async #readAppendIds(
+    heads: Map<string, CachedHead>,
+    threadId: string,
+    ids: string[],
+  ): Promise<Map<string, number> | undefined> {
+    const { keys } = this.#store;
+    const perRead = KV_LIMITS.getMany - 1;
+    for (let round = 0;; round++) {
+      const head = heads.get(threadId)!.head;
+      if (head === null || !headIsLive(head, Date.now())) return undefined;
+      const reads: Promise<Deno.KvEntryMaybe<unknown>[]>[] = [];
+      for (let i = 0; i < ids.length; i += perRead) {
+        reads.push(
+          this.#store.kv.getMany([
+            keys.head(threadId),
+            ...ids.slice(i, i + perRead).map((id) =>
+              keys.appendId(threadId, head.g, id)
+            ),
+          ]),
+        );
+      }
+      const results = await Promise.all(reads);
+      const read = results[0]![0]!;
+      this.#remember(heads, threadId, read);
+      const consistent = results.every((r) =>
+        r[0]!.versionstamp === read.versionstamp
+      );
+      if (consistent && (read.value as ThreadHead | null)?.g === head.g) {
+        const found = new Map<string, number>();
+        results.forEach((entries, r) =>
+          entries.slice(1).forEach((entry, j) => {
+            if (entry.value !== null) {
+              found.set(ids[r * perRead + j]!, entry.value as number);
+            }
+          })
+        );
+        return found;
+      }
+      // A commit landed between the reads, or the generation changed.
+      if (round >= this.#store.maxAttempts) {
+        throw new BackendError(
+          `Cannot append to thread ${
+            JSON.stringify(threadId)
+          }: its head kept changing while its append ids were read`,
+        );
+      }
+    }
+  }
+
+  /** Takes `entry` as the head of `threadId` in the snapshot and the cache. */
+  #remember(
+    heads: Map<string, CachedHead>,
+    threadId: string,
+    entry: Deno.KvEntryMaybe<unknown>,
+  ): void {
+    const cached = {
+      versionstamp: entry.versionstamp,
+      head: entry.value as ThreadHead | null,
+    };
+    heads.set(threadId, cached);
+    this.#heads.set(threadId, cached);
+  }
+
+  async #getMany(keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<unknown>[]> {
+    if (keys.length === 0) return [];
+    const reads: Promise<Deno.KvEntryMaybe<unknown>[]>[] = [];
+    for (let i = 0; i < keys.length; i += KV_LIMITS.getMany) {
+      reads.push(this.#store.kv.getMany(keys.slice(i, i + KV_LIMITS.getMany)));
+    }
+    return (await Promise.all(reads)).flat();
+  }
+
+  /**
+   * Plans one group commit from a snapshot: which callers get which index,
+   * which get the index of their append id, which get a limit error, and the
+   * atomic operation that makes it so (it checks every head it relies on,
+   * the counter when threads are created or refused, and the producer
+   * record when `idempotentRetries`).
    */
   #plan(
     pending: Map<string, PendingAppend[]>,
     snapshot: Snapshot,
     now: number,
-  ) {
+  ): Plan {
     const { kv, keys } = this.#store;
-    const { maxThreads, maxSlotsPerThread } = this.#limits;
+    const { maxThreads, maxSlotsPerThread, ttlMs } = this.#options;
     const op = kv.atomic();
+    const seq = ++this.#seq;
+    if (this.#store.idempotentRetries) {
+      const key = keys.producer(this.#store.producerId);
+      op.check({ key, versionstamp: this.#producerVersionstamp });
+      op.set(key, seq, { expireIn: this.#store.recordExpireIn });
+    }
     const count = snapshot.count;
     const outcomes: [PendingAppend, number | Error][] = [];
+    /** Uploads of appends whose id was already applied: never published. */
+    const unneeded: PendingAppend[] = [];
     const newHeads: [string, ThreadHead][] = [];
     let created = 0;
     let overflow = 0;
     let counterChecked = false;
-    const expiresAt = expiryFrom(now, this.#limits.ttlMs);
+    const expiresAt = expiryFrom(now, ttlMs);
     for (const [threadId, items] of pending) {
       const cached = snapshot.heads.get(threadId)!;
       const old = cached.head;
       op.check({ key: keys.head(threadId), versionstamp: cached.versionstamp });
-      const live = old !== null && isLive(old.e, now);
+      const live = old !== null && headIsLive(old, now);
       if (!live && old === null) {
         // Creates a thread: needs room under maxThreads.
         counterChecked = true;
@@ -420,7 +614,20 @@ export class KvAppendQueue {
       }
       const gen = live ? old.g : newId();
       let length = live ? old.n : 0;
+      const applied = live ? snapshot.applied.get(threadId) : undefined;
+      /** Append ids given an index by this plan. */
+      const recorded = new Map<string, number>();
       for (const item of items) {
+        const appendId = item.appendId;
+        if (appendId !== undefined) {
+          // Already applied: its index, whatever the limits say now.
+          const index = applied?.get(appendId) ?? recorded.get(appendId);
+          if (index !== undefined) {
+            outcomes.push([item, index]);
+            if (item.upload) unneeded.push(item);
+            continue;
+          }
+        }
         if (length >= maxSlotsPerThread) {
           outcomes.push([
             item,
@@ -431,14 +638,19 @@ export class KvAppendQueue {
         const index = length++;
         if (item.upload) this.#blobs.publish(op, threadId, gen, item.upload);
         op.set(keys.slot(threadId, gen, index), item.value);
+        if (appendId !== undefined) {
+          op.set(keys.appendId(threadId, gen, appendId), index);
+          recorded.set(appendId, index);
+        }
         outcomes.push([item, index]);
       }
-      if (live && length === old.n) continue; // all refused: nothing to write
+      if (live && length === old.n) continue; // nothing new: nothing to write
       const head: ThreadHead = { g: gen, n: length, e: expiresAt };
+      if (typeof idPart(threadId) !== "string") head.i = threadId;
       op.set(keys.head(threadId), head);
       newHeads.push([threadId, head]);
       if (old !== null && !live) {
-        // Replaces an expired generation: mark it dead for the sweep.
+        // Replaces an expired (or sealed) generation: mark it dead for the sweep.
         retireGeneration(op, keys, threadId, old);
       }
       indexGeneration(op, keys, threadId, gen, live ? old.e : null, expiresAt);
@@ -448,6 +660,9 @@ export class KvAppendQueue {
       if (created > 0) op.set(keys.threadCount(), count.value + created);
     }
     const settle = (versionstamp: string) => {
+      if (this.#store.idempotentRetries) {
+        this.#producerVersionstamp = versionstamp;
+      }
       for (const [threadId, head] of newHeads) {
         this.#heads.set(threadId, { versionstamp, head });
       }
@@ -458,7 +673,17 @@ export class KvAppendQueue {
         if (typeof outcome === "number") item.resolve(outcome);
         else item.reject(outcome);
       }
+      for (const item of unneeded) this.#discard(item.threadId, item.upload!);
     };
-    return { op, overflow, settle };
+    return { op, seq, overflow, settle };
+  }
+
+  /** Reclaims an upload that will never be published, beside the queue (idle() waits for it). */
+  #discard(threadId: string, upload: Upload): void {
+    const discard = this.#blobs.discard(threadId, upload).catch(() => {
+      // The sweep reclaims it after uploadTimeoutMs.
+    });
+    this.#discards.add(discard);
+    discard.finally(() => this.#discards.delete(discard));
   }
 }

@@ -1,14 +1,17 @@
 // Owns the reads of the kv backend's buffer (live heads, slots, ranges, listings); never writes, and never returns part of a thread.
 //
 // Expiry is logical: every read compares the head's expiry time with the
-// clock, so a thread is gone exactly when `ttlMs` has passed. A slot missing
+// clock, so a thread is gone exactly when `ttlMs` has passed; a read that
+// finds a head expired seals it before it says so (_kv_heads.ts), so that
+// the thread stays gone. A slot missing
 // below a live head's length means the thread was deleted or expired and
 // reclaimed while it was read: the read then sees the thread gone.
 
 import { BackendError } from "../errors.ts";
 import { isSlotIndex } from "../_validate.ts";
 import type { KvBlobStore } from "./_kv_blobs.ts";
-import { type BlobRef, isLive, type ThreadHead } from "./_kv_keys.ts";
+import { settleHead, settleHeads } from "./_kv_heads.ts";
+import { type BlobRef, type ThreadHead, threadIdOf } from "./_kv_keys.ts";
 import type { KvStore } from "./_kv_store.ts";
 
 /** Reads of one tenant's threads. */
@@ -28,8 +31,7 @@ export class KvReader {
     const entry = await this.#store.retryWhileLocked(() =>
       kv.get<ThreadHead>(keys.head(threadId))
     );
-    const head = entry.value;
-    return head !== null && isLive(head.e, Date.now()) ? head : null;
+    return await settleHead(this.#store, entry);
   }
 
   /** The slot at `index`, or `null` if `index` is not an integer in `[0, len)`. */
@@ -82,8 +84,10 @@ export class KvReader {
   async threadIds(): Promise<string[]> {
     const now = Date.now();
     const ids: string[] = [];
-    for (const entry of await this.#heads()) {
-      if (isLive(entry.value.e, now)) ids.push(entry.key[2] as string);
+    for (
+      const entry of await settleHeads(this.#store, await this.#heads(), now)
+    ) {
+      ids.push(threadIdOf(entry));
     }
     return ids;
   }
@@ -92,8 +96,13 @@ export class KvReader {
   async count(now: number): Promise<{ threads: number; slots: number }> {
     let threads = 0;
     let slots = 0;
-    for (const { value } of await this.#heads()) {
-      if (!isLive(value.e, now)) continue;
+    for (
+      const { value } of await settleHeads(
+        this.#store,
+        await this.#heads(),
+        now,
+      )
+    ) {
       threads++;
       slots += value.n;
     }

@@ -1,6 +1,15 @@
 // Owns the kv backend's registry records (the chain <-> uuid pair under two keys); never lets a commit break the bijection, never touches buffer keys.
+//
+// Every write reads, then commits with checks of what it read, and is
+// planned again when it loses a race. Where a commit's answer may be lost
+// (a remote KV: `idempotentRetries`), a write's commit also records it
+// (`[p, "op", producerId, seq]`, checked absent): a retry first reads that
+// record, so a write applied once is never applied again, and a retry
+// never turns its outcome into another (a `registrySetIfAbsent` that wrote
+// returns its own uuid, a `registryDelete` that deleted returns true).
 
 import { BackendError } from "../errors.ts";
+import { errorMessage } from "../_messages.ts";
 import {
   expiryFrom,
   expirySecond,
@@ -9,10 +18,16 @@ import {
 } from "./_kv_keys.ts";
 import type { KvStore } from "./_kv_store.ts";
 import { pairIndexKey } from "./_kv_sweep.ts";
-import { batches, CONFLICT, KV_LIMITS, MAX_KEY_BYTES } from "./_kv_util.ts";
+import { batches, CONFLICT, type Conflict, KV_LIMITS } from "./_kv_util.ts";
 
 /** Registry keys also get `expireIn` = ttl + this, a backstop for a prefix never used again. */
 const EXPIRE_IN_GRACE_MS = 60_000;
+
+/** One attempt of a write: the commit to make (if any) and what the write returns once it is applied. */
+interface WriteStep<T> {
+  op?: Deno.AtomicOperation;
+  outcome: T;
+}
 
 /**
  * One tenant's registry pairs: each stored under its chain and its uuid,
@@ -30,23 +45,6 @@ export class KvRegistry {
   }
 
   /**
-   * Refuses a pair whose keys would not fit Deno KV's key limit.
-   *
-   * @throws {BackendError} The message names both ids (shortened).
-   */
-  checkFits(chain: string, uuid: string): void {
-    for (const id of [chain, uuid]) {
-      if (!this.#store.keys.pairFits(id)) {
-        throw new BackendError(
-          `Cannot map chain ${JSON.stringify(chain.slice(0, 40))} to uuid ${
-            JSON.stringify(uuid.slice(0, 40))
-          }: their Deno KV keys would exceed the ${MAX_KEY_BYTES} bytes allowed; use a shorter prefix or id`,
-        );
-      }
-    }
-  }
-
-  /**
    * Maps `chain` to `uuid` both ways, unmapping in the same commit whatever
    * either mapped to before; with `ifAbsent`, only if `chain` is unmapped.
    *
@@ -54,17 +52,20 @@ export class KvRegistry {
    */
   async map(chain: string, uuid: string, ifAbsent: boolean): Promise<string> {
     const { kv, keys } = this.#store;
-    return await this.#store.retryOnConflict(
+    return await this.#write(
       `Cannot map chain ${JSON.stringify(chain)} to uuid ${
         JSON.stringify(uuid)
       }`,
+      uuid,
       async () => {
         const [byChain, byUuid] = await kv.getMany<
           [RegistryRecord, RegistryRecord]
         >([keys.chain(chain), keys.uuid(uuid)]);
         const now = Date.now();
         const old = byChain.value;
-        if (ifAbsent && old !== null && isLive(old.e, now)) return old.u;
+        if (ifAbsent && old !== null && isLive(old.e, now)) {
+          return { outcome: old.u };
+        }
         const taken = byUuid.value;
         // The other ends of the pairs this one replaces (expired ones too).
         const [oldUuid, takenChain] = await kv.getMany<
@@ -79,28 +80,154 @@ export class KvRegistry {
         if (taken !== null) {
           this.#deletePair(op, taken, takenChain.value, taken);
         }
-        const expiresAt = expiryFrom(now, this.#ttlMs);
-        const record: RegistryRecord = { c: chain, u: uuid, e: expiresAt };
-        const options = expiresAt === 0
-          ? undefined
-          : { expireIn: this.#ttlMs + EXPIRE_IN_GRACE_MS };
-        op.set(keys.chain(chain), record, options);
-        op.set(keys.uuid(uuid), record, options);
-        const indexed = pairIndexKey(keys, chain, expiresAt);
-        if (indexed !== undefined) op.set(indexed, null);
-        return (await op.commit()).ok ? uuid : CONFLICT;
+        this.#setPair(op, chain, uuid, now);
+        return { op, outcome: uuid };
       },
     );
   }
 
+  /**
+   * Refreshes the pair of `uuid` both ways (and its expiry-index entry) in
+   * one commit, if it is mapped and live.
+   *
+   * @returns `true` if it was mapped (and live); `false` writes nothing.
+   */
+  async refresh(uuid: string): Promise<boolean> {
+    const { kv, keys } = this.#store;
+    return await this.#write(
+      `Cannot refresh uuid ${JSON.stringify(uuid)}`,
+      true,
+      async () => {
+        const byUuid = await kv.get<RegistryRecord>(keys.uuid(uuid));
+        const now = Date.now();
+        const record = byUuid.value;
+        if (record === null || !isLive(record.e, now)) {
+          return { outcome: false };
+        }
+        const byChain = await kv.get<RegistryRecord>(keys.chain(record.c));
+        if (byChain.value?.u !== uuid) return { outcome: false };
+        if (this.#ttlMs === 0 && record.e === 0) return { outcome: true };
+        const op = kv.atomic().check(byUuid, byChain);
+        const indexed = pairIndexKey(keys, record.c, byChain.value.e);
+        if (indexed !== undefined) op.delete(indexed);
+        this.#setPair(op, record.c, uuid, now);
+        return { op, outcome: true };
+      },
+    );
+  }
+
+  /**
+   * Adds to `op` the pair `chain` <-> `uuid` written at `now`: both records
+   * (with the `expireIn` backstop) and its expiry-index entry.
+   */
+  #setPair(
+    op: Deno.AtomicOperation,
+    chain: string,
+    uuid: string,
+    now: number,
+  ): void {
+    const { keys } = this.#store;
+    const expiresAt = expiryFrom(now, this.#ttlMs);
+    const record: RegistryRecord = { c: chain, u: uuid, e: expiresAt };
+    const options = expiresAt === 0
+      ? undefined
+      : { expireIn: this.#ttlMs + EXPIRE_IN_GRACE_MS };
+    op.set(keys.chain(chain), record, options);
+    op.set(keys.uuid(uuid), record, options);
+    const indexed = pairIndexKey(keys, chain, expiresAt);
+    if (indexed !== undefined) op.set(indexed, null);
+  }
+
+  /**
+   * Runs a registry write: `plan` reads and returns the commit to make (or
+   * none, and the outcome), planned again while its commit loses races
+   * (`maxAttempts`) or fails in a way that may pass (`retryTimeoutMs`).
+   * With `idempotentRetries`, the commit also records the write, and a retry
+   * first reads that record: a write is applied once, and returns `applied`
+   * if it was; a retry that would write nothing first makes sure that no
+   * earlier attempt can still be applied.
+   *
+   * @throws {BackendError} The message starts with `what` and says whether
+   * the write was applied.
+   */
+  async #write<T>(
+    what: string,
+    applied: T,
+    plan: () => Promise<WriteStep<T>>,
+  ): Promise<T> {
+    const { kv, keys } = this.#store;
+    if (!this.#store.idempotentRetries) {
+      try {
+        return await this.#store.retryOnConflict(what, async () => {
+          const step = await plan();
+          if (step.op === undefined) return step.outcome;
+          return (await step.op.commit()).ok ? step.outcome : CONFLICT;
+        });
+      } catch (error) {
+        throw outcomeError(error, "it was not applied");
+      }
+    }
+    let record = keys.op(this.#store.producerId, this.#store.nextOp());
+    /** An attempt was committed without an answer saying it failed. */
+    let unsure = false;
+    const expireIn = this.#store.recordExpireIn;
+    /** Whether an earlier attempt was applied: true, false, or CONFLICT (a retry may tell). */
+    const settle = async (): Promise<boolean> => {
+      const entry = await kv.get<boolean>(record);
+      if (entry.value === true) return true;
+      if (entry.value === false) {
+        // A fence of ours: no earlier attempt can be applied any more.
+        record = keys.op(this.#store.producerId, this.#store.nextOp());
+        unsure = false;
+      }
+      return false;
+    };
+    const attempt = async (): Promise<T | Conflict> => {
+      if (unsure && await settle()) return applied;
+      const step = await plan();
+      let op = step.op;
+      if (op === undefined) {
+        if (!unsure) return step.outcome;
+        // Writes nothing, but an earlier attempt might still land: fence it.
+        op = kv.atomic();
+        op.check({ key: record, versionstamp: null });
+        op.set(record, false, { expireIn });
+        return (await op.commit()).ok ? step.outcome : CONFLICT;
+      }
+      op.check({ key: record, versionstamp: null });
+      op.set(record, true, { expireIn });
+      unsure = true;
+      return (await op.commit()).ok ? step.outcome : CONFLICT;
+    };
+    try {
+      return await this.#store.retryOnConflict(what, attempt);
+    } catch (error) {
+      if (!unsure) throw outcomeError(error, "it was not applied");
+      // Find out, and make sure: applied, or fenced for good.
+      try {
+        if (await settle()) return applied;
+        if (!unsure) throw outcomeError(error, "it was not applied");
+        const fence = await kv.atomic()
+          .check({ key: record, versionstamp: null })
+          .set(record, false, { expireIn })
+          .commit();
+        if (fence.ok) throw outcomeError(error, "it was not applied");
+        if (await settle()) return applied;
+      } catch (fenced) {
+        if (fenced instanceof BackendError) throw fenced;
+      }
+      throw outcomeError(error, "it may or may not have been applied");
+    }
+  }
+
   /** The live uuid of `chain`, or `null`. */
   async uuidOf(chain: string): Promise<string | null> {
-    return (await this.#live(chain, this.#store.keys.chain(chain)))?.u ?? null;
+    return (await this.#live(this.#store.keys.chain(chain)))?.u ?? null;
   }
 
   /** The live chain of `uuid`, or `null`. */
   async chainOf(uuid: string): Promise<string | null> {
-    return (await this.#live(uuid, this.#store.keys.uuid(uuid)))?.c ?? null;
+    return (await this.#live(this.#store.keys.uuid(uuid)))?.c ?? null;
   }
 
   /**
@@ -110,17 +237,19 @@ export class KvRegistry {
    */
   async delete(uuid: string): Promise<boolean> {
     const { kv, keys } = this.#store;
-    if (!keys.pairFits(uuid)) return false;
-    return await this.#store.retryOnConflict(
+    return await this.#write(
       `Cannot delete uuid ${JSON.stringify(uuid)}`,
+      true,
       async () => {
         const byUuid = await kv.get<RegistryRecord>(keys.uuid(uuid));
         const record = byUuid.value;
-        if (record === null || !isLive(record.e, Date.now())) return false;
+        if (record === null || !isLive(record.e, Date.now())) {
+          return { outcome: false };
+        }
         const byChain = await kv.get<RegistryRecord>(keys.chain(record.c));
         const op = kv.atomic().check(byUuid, byChain);
         this.#deletePair(op, record, byChain.value, record);
-        return (await op.commit()).ok ? true : CONFLICT;
+        return { op, outcome: true };
       },
     );
   }
@@ -209,8 +338,7 @@ export class KvRegistry {
   }
 
   /** The live record under `key` (of `id`), or `null`. */
-  async #live(id: string, key: Deno.KvKey): Promise<RegistryRecord | null> {
-    if (!this.#store.keys.pairFits(id)) return null;
+  async #live(key: Deno.KvKey): Promise<RegistryRecord | null> {
     const entry = await this.#store.retryWhileLocked(() =>
       this.#store.kv.get<RegistryRecord>(key)
     );
@@ -283,4 +411,17 @@ export class KvRegistry {
       op.delete(keys.uuid(pair.u));
     }
   }
+}
+
+/**
+ * `error` (a failed write) as a {@linkcode BackendError} whose message ends
+ * with whether the write was applied.
+ */
+function outcomeError(error: unknown, outcome: string): BackendError {
+  const message = error instanceof BackendError
+    ? error.message
+    : `Deno KV operation failed: ${errorMessage(error)}`;
+  return new BackendError(`${message}; ${outcome}`, {
+    cause: error instanceof BackendError ? error.cause ?? error : error,
+  });
 }

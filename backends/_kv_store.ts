@@ -1,4 +1,9 @@
 // Owns one tenant's access to the KV (its keys, commit limits, bounded retries, listing, draining); never knows a thread, slot or pair.
+//
+// Retries are of two kinds: a commit that lost a race (`ok: false`) is
+// planned again, at most `maxAttempts` times; a call that failed in a way
+// that may pass (a locked database file, a lost connection to a remote KV:
+// `isTransient`) is made again until `retryTimeoutMs` has passed.
 
 import { BackendError } from "../errors.ts";
 import { errorMessage } from "../_messages.ts";
@@ -7,8 +12,9 @@ import {
   batches,
   CONFLICT,
   type Conflict,
-  isContention,
+  isTransient,
   jitteredDelay,
+  newId,
 } from "./_kv_util.ts";
 
 /** How {@linkcode KvStore.drain} empties one kind of record. */
@@ -36,32 +42,63 @@ export class KvStore {
   readonly keys: KvKeys;
   /** Most checks one atomic commit may hold. */
   readonly maxChecks: number;
-  /** Attempts of a locked call or a conflicting commit before giving up. */
+  /** Attempts of a conflicting commit before giving up. */
   readonly maxAttempts: number;
+  /** How long a call failing in a way that may pass is retried. */
+  readonly retryTimeoutMs: number;
+  /**
+   * Whether a commit's answer may be lost (a remote KV): then writes record
+   * what they applied, under this backend's {@linkcode producerId}, so that
+   * a retry never applies twice.
+   */
+  readonly idempotentRetries: boolean;
+  /** This backend's id in the records of its writes. */
+  readonly producerId: string = newId();
+  #ops = 0;
 
   constructor(
     kv: Deno.Kv,
     keys: KvKeys,
-    maxChecks: number,
-    maxAttempts: number,
+    limits: {
+      maxChecks: number;
+      maxAttempts: number;
+      retryTimeoutMs: number;
+      idempotentRetries: boolean;
+    },
   ) {
     this.kv = kv;
     this.keys = keys;
-    this.maxChecks = maxChecks;
-    this.maxAttempts = maxAttempts;
+    this.maxChecks = limits.maxChecks;
+    this.maxAttempts = limits.maxAttempts;
+    this.retryTimeoutMs = limits.retryTimeoutMs;
+    this.idempotentRetries = limits.idempotentRetries;
+  }
+
+  /** A new sequence number for a write of this backend (see {@linkcode producerId}). */
+  nextOp(): number {
+    return ++this.#ops;
+  }
+
+  /** How long the record of a write is kept: past its last retry. */
+  get recordExpireIn(): number {
+    return this.retryTimeoutMs + 60_000;
   }
 
   /**
-   * Runs one KV call, retrying it while the database is locked (another
-   * process is writing the file), at most `maxAttempts` times. Any failure
-   * is a {@linkcode BackendError}.
+   * Runs one KV call, making it again while it fails in a way that may pass
+   * (the database is locked by another process, a remote KV's connection
+   * failed), until `retryTimeoutMs` has passed. Any failure is a
+   * {@linkcode BackendError}. For calls that may be repeated: reads, and
+   * writes whose second application changes nothing.
    */
   async retryWhileLocked<T>(call: () => Promise<T>): Promise<T> {
+    let deadline: number | undefined;
     for (let attempt = 0;; attempt++) {
       try {
         return await call();
       } catch (error) {
-        if (!isContention(error) || attempt + 1 >= this.maxAttempts) {
+        deadline ??= Date.now() + this.retryTimeoutMs;
+        if (!isTransient(error) || Date.now() >= deadline) {
           if (error instanceof BackendError) throw error;
           throw new BackendError(
             `Deno KV operation failed: ${errorMessage(error)}`,
@@ -75,24 +112,32 @@ export class KvStore {
 
   /**
    * Runs an optimistic read-check-commit until it returns something other
-   * than {@linkcode CONFLICT} (its commit lost a race); a locked database
-   * counts as a conflict. At most `maxAttempts` attempts, then a
-   * {@linkcode BackendError} whose message starts with `what`.
+   * than {@linkcode CONFLICT} (its commit lost a race): at most
+   * `maxAttempts` conflicts; an attempt that fails in a way that may pass
+   * is made again until `retryTimeoutMs` has passed. Then a
+   * {@linkcode BackendError} whose message starts with `what`. The attempt
+   * must be harmless to repeat after a failure whose outcome is unknown.
    */
   async retryOnConflict<T>(
     what: string,
     attempt: () => Promise<T | Conflict>,
   ): Promise<T> {
     let last: unknown;
-    for (let i = 0; i < this.maxAttempts; i++) {
+    let deadline: number | undefined;
+    for (let i = 0, conflicts = 0; conflicts < this.maxAttempts; i++) {
       if (i > 0) await jitteredDelay(i);
       try {
         const result = await attempt();
         if (result !== CONFLICT) return result as T;
+        conflicts++;
       } catch (error) {
-        if (!isContention(error)) {
+        deadline ??= Date.now() + this.retryTimeoutMs;
+        if (!isTransient(error) || Date.now() >= deadline) {
           if (error instanceof BackendError) throw error;
-          throw new BackendError(`${what}: ${errorMessage(error)}`, {
+          const retried = isTransient(error)
+            ? ` (retried for retryTimeoutMs, ${this.retryTimeoutMs} ms)`
+            : "";
+          throw new BackendError(`${what}: ${errorMessage(error)}${retried}`, {
             cause: error,
           });
         }

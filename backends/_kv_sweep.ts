@@ -25,6 +25,7 @@
 // to rewrite.
 
 import type { KvBlobStore } from "./_kv_blobs.ts";
+import { headIsLive } from "./_kv_heads.ts";
 import {
   expirySecond,
   isLive,
@@ -195,21 +196,26 @@ export class KvSweeper {
   }
 
   /**
-   * Retires a live thread (its head goes, counted out) and reclaims its
-   * storage before resolving (or leaves it to a later sweep if that fails).
+   * Retires a thread (its head goes, counted out) and reclaims its storage
+   * before resolving (or leaves it to a later sweep if that fails). An
+   * expired head is retired too: a delete that answers `false` leaves the
+   * thread gone for good (see _kv_heads.ts).
    *
    * @returns `true` if the thread was live.
    */
   async retireThread(threadId: string): Promise<boolean> {
-    if (!this.#store.keys.threadFits(threadId)) return false;
+    let live = false;
     const retired = await this.#retireHead(
       threadId,
       `Cannot delete thread ${JSON.stringify(threadId)}`,
-      (entry) => isLive(entry.value.e, Date.now()),
+      (entry) => {
+        live = headIsLive(entry.value, Date.now());
+        return true;
+      },
     );
     if (retired === null) return false;
     await this.#reclaimQuietly(threadId, retired.g, retired.n);
-    return true;
+    return live;
   }
 
   /** Retires every thread of this prefix (and no other's) and reclaims their storage. */

@@ -1,4 +1,4 @@
-// Owns Deno KV's limits as named constants and the kv backend's small pure helpers (contention, backoff, ids, batching); never touches a KV.
+// Owns Deno KV's limits as named constants and the kv backend's small pure helpers (contention, transient failures, backoff, ids, batching); never touches a KV.
 
 import { delay } from "../_async.ts";
 
@@ -38,6 +38,21 @@ export type Conflict = typeof CONFLICT;
 export function isContention(error: unknown): boolean {
   return error instanceof Error &&
     /database is (locked|busy)|SQLITE_BUSY/i.test(error.message);
+}
+
+/**
+ * Whether a failed KV call may succeed if made again: contention (see
+ * {@linkcode isContention}), or a connection to a KV Connect server or
+ * Deno Deploy that failed or timed out (its answer may have been lost).
+ * Errors of the call itself (a key too large, a closed KV) are not.
+ */
+export function isTransient(error: unknown): boolean {
+  if (isContention(error)) return true;
+  if (!(error instanceof Error) || error instanceof Deno.errors.BadResource) {
+    return false;
+  }
+  return /connection|network|reset|refused|timed? ?out|broken pipe|unavailable|temporar|unexpected (eof|end)|socket|hang ?up|\b(502|503|504)\b/i
+    .test(error.message);
 }
 
 /** Waits a random time in [0, min(50, 2^attempt)) ms: jitter spreads the retries of racing writers. */

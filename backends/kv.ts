@@ -45,14 +45,14 @@ import {
   checkSlot,
 } from "../_validate.ts";
 import { watchThread } from "../_watch.ts";
-import { HeadCache, KvAppendQueue } from "./_kv_append_queue.ts";
+import { KvAppendQueue } from "./_kv_append_queue.ts";
 import { KvBlobStore } from "./_kv_blobs.ts";
-import { KvKeys } from "./_kv_keys.ts";
+import { HeadCache } from "./_kv_heads.ts";
+import { checkKvPrefix, KvKeys } from "./_kv_keys.ts";
 import { KvReader } from "./_kv_reads.ts";
 import { KvRegistry } from "./_kv_registry.ts";
 import { KvStore } from "./_kv_store.ts";
 import { KvSweeper } from "./_kv_sweep.ts";
-import { KvWatchSource, watchModeOf } from "./_kv_watch.ts";
 import { isContention, jitteredDelay, KV_LIMITS } from "./_kv_util.ts";
 
 // The types of this module's API, so that the `./kv` entry point stands alone.
@@ -83,19 +83,32 @@ export type {
 export interface KvBackendOptions {
   /**
    * Most checks one atomic commit may hold: 100 on a local file, 10 on a KV
-   * Connect server (`http(s)://` path). Group commits stay within it.
+   * Connect server (`http(s)://` path). Group commits stay within it. A
+   * value above what the store allows is a `RangeError` at open (on a remote
+   * or injected KV, `open` tries one commit of that many checks).
    *
    * @default {100 for a file or ":memory:", 10 otherwise (remote, default or injected KV)}
    */
   maxChecksPerAtomic?: number;
   /**
-   * Attempts of one commit that conflicts with other writers (or finds the
-   * database locked) before it gives up with a {@linkcode BackendError}.
-   * Attempts wait a jittered, growing delay (at most 50 ms) in between.
+   * Attempts of one commit that conflicts with other writers before it
+   * gives up with a {@linkcode BackendError}. Attempts wait a jittered,
+   * growing delay (at most 50 ms) in between. (A locked database file or a
+   * lost connection is retried until `retryTimeoutMs` of the config.)
    *
    * @default {100}
    */
   maxAttempts?: number;
+  /**
+   * Whether a commit's answer may be lost, so that a retry must first find
+   * out whether the attempt before it was applied: each group commit then
+   * also rewrites one small record of this backend (its producer id and a
+   * sequence number), and each registry write records itself for
+   * `retryTimeoutMs`. On a local file a commit's outcome is always known.
+   *
+   * @default {false on a file or ":memory:", true otherwise (KV Connect, Deno Deploy, an injected KV)}
+   */
+  idempotentRetries?: boolean;
   /**
    * How long a large slot's upload may take. After it, an unpublished upload
    * (its writer died, say) is reclaimed by the next sweep, and a writer that
@@ -104,16 +117,6 @@ export interface KvBackendOptions {
    * @default {60000}
    */
   uploadTimeoutMs?: number;
-  /**
-   * Whether watches poll the watched heads for appends made by other
-   * processes, which Deno KV's `kv.watch` does not deliver on a local file
-   * (denoland/deno#21640). Same-process appends (other `Deno.Kv`s of the
-   * file, Workers) wake watches through `kv.watch` either way. See
-   * "Watching" in docs/kv.md for the latency and the idle cost.
-   *
-   * @default {true, except on ":memory:" and on Deno Deploy, where kv.watch delivers every write}
-   */
-  watchPolling?: boolean;
 }
 
 /**
@@ -208,7 +211,6 @@ export class KvBackend implements SharedBackend {
   readonly #reader: KvReader;
   readonly #registry: KvRegistry;
   readonly #sweeper: KvSweeper;
-  readonly #watches: KvWatchSource;
 
   #closed = false;
   /** Aborted by close(): every watch ends. */
@@ -227,24 +229,20 @@ export class KvBackend implements SharedBackend {
     this.#maxSlotBytes = config.maxSlotBytes;
     this.#retryTimeoutMs = config.retryTimeoutMs;
     const path = config.kvPath;
-    const local = path !== undefined && !/^https?:\/\//i.test(path);
-    const store = new KvStore(
-      kv,
-      new KvKeys(config.prefix),
-      options.maxChecksPerAtomic ??
+    const local = isLocalPath(path);
+    const store = new KvStore(kv, new KvKeys(config.prefix), {
+      maxChecks: options.maxChecksPerAtomic ??
         (local ? KV_LIMITS.localChecks : KV_LIMITS.remoteChecks),
-      options.maxAttempts ?? 100,
-    );
+      maxAttempts: options.maxAttempts ?? 100,
+      retryTimeoutMs: config.retryTimeoutMs,
+      idempotentRetries: options.idempotentRetries ?? !local,
+    });
     this.#store = store;
     const blobs = new KvBlobStore(store, options.uploadTimeoutMs ?? 60_000);
     const heads = new HeadCache();
     this.#reader = new KvReader(store, blobs);
     this.#registry = new KvRegistry(store, config.ttlMs);
     this.#sweeper = new KvSweeper(store, blobs, this.#registry, heads);
-    this.#watches = new KvWatchSource(
-      store,
-      watchModeOf(path, config.kv !== undefined, options.watchPolling),
-    );
     this.#appends = new KvAppendQueue(store, blobs, this.#sweeper, heads, {
       ttlMs: config.ttlMs,
       maxSlotsPerThread: config.maxSlotsPerThread,
@@ -281,7 +279,9 @@ export class KvBackend implements SharedBackend {
   ): Promise<KvBackend> {
     const resolved = resolveConfig({ ...config, backendType: "kv" });
     checkOptions(options);
+    checkKvPrefix(resolved.prefix);
     if (resolved.kv !== undefined) {
+      await checkChecksAllowed(resolved.kv, resolved, options);
       return new KvBackend(resolved.kv, resolved, options);
     }
     const path = resolved.kvPath;
@@ -306,6 +306,12 @@ export class KvBackend implements SharedBackend {
         { cause: error },
       );
     }
+    try {
+      await checkChecksAllowed(kv, resolved, options);
+    } catch (error) {
+      kv.close();
+      throw error;
+    }
     return new KvBackend(kv, resolved, options);
   }
 
@@ -315,11 +321,13 @@ export class KvBackend implements SharedBackend {
    * {@inheritDoc SharedBackend.bufferAppend}
    *
    * On Deno KV, concurrent calls share atomic commits; a slot over 60 KiB is
-   * uploaded as chunks first, then published whole by the commit.
+   * uploaded as chunks first, then published whole by the commit. An
+   * `appendId` is recorded beside the thread's slots, in the same commit.
    *
    * @throws {BackendError} The commit kept conflicting for `maxAttempts`
-   * attempts, the thread's keys would exceed Deno KV's 2048 bytes, or the
-   * store failed.
+   * attempts, kept failing (a locked file, a lost connection) for
+   * `retryTimeoutMs`, or the store failed; the message says whether the
+   * append was applied.
    */
   bufferAppend(
     threadId: string,
@@ -333,51 +341,29 @@ export class KvBackend implements SharedBackend {
       // The sweep runs beside the append (close() waits for it): queued
       // appends keep their call order.
       this.#sweeper.maintain();
-      return await this.#appends.append(threadId, slot);
+      return await this.#appends.append(threadId, slot, options?.appendId);
     });
   }
 
   /**
    * {@inheritDoc SharedBackend.bufferWatch}
-   *
-   * On Deno KV, appends of this process (any `Deno.Kv` of the same file,
-   * Workers too) and every append on Deno Deploy wake watches through
-   * `kv.watch` on the thread's head. Appends of other processes to a local
-   * file are seen by one poller per backend, however many watches: it
-   * checks the file (a `stat`) and reads the watched heads 10 a call,
-   * every 10 ms while they change, backing off to 500 ms when they do not
-   * (`watchPolling`). The watch ends within 1 s of the thread's deletion or
-   * expiry. See "Watching" in docs/kv.md for latency and idle cost.
-   *
-   * @example A watcher sees what another backend on the file appends
-   * ```ts
-   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
-   * import assert from "node:assert/strict";
-   *
-   * const kvPath = await Deno.makeTempFile({ suffix: ".db" });
-   * await using watcher = await KvBackend.open({ kvPath });
-   * await using writer = await KvBackend.open({ kvPath });
-   * const watch = watcher.bufferWatch("t1", { fromIndex: 0 });
-   * const first = watch.next();
-   * await writer.bufferAppend("t1", new Uint8Array([1]));
-   * assert.deepEqual((await first).value, { index: 0, slot: new Uint8Array([1]) });
-   * await writer.bufferDeleteThread("t1");
-   * assert.equal((await watch.next()).done, true); // the thread is gone
-   * await watcher.close();
-   * await writer.close();
-   * await Deno.remove(kvPath);
-   * ```
    */
   bufferWatch(
     threadId: string,
     options?: BufferWatchOptions,
   ): AsyncIterableIterator<WatchedSlot> {
+    // Interim source (issue 12 replaces it): wakes every watch every 100 ms.
     return watchThread(
       {
         kind: this.kind,
         bufferGetRange: (id, start, end) => this.bufferGetRange(id, start, end),
         bufferThreadLen: (id) => this.bufferThreadLen(id),
-        watchSource: this.#watches,
+        watchSource: {
+          subscribe: (_id, wake) => {
+            const timer = setInterval(() => wake("changed"), 100);
+            return Promise.resolve(() => clearInterval(timer));
+          },
+        },
         closedSignal: this.#watchesEnd.signal,
         retryTimeoutMs: this.#retryTimeoutMs,
       },
@@ -484,14 +470,11 @@ export class KvBackend implements SharedBackend {
    * {@inheritDoc SharedBackend.registrySet}
    *
    * On Deno KV the pair and every unmapping are one atomic commit.
-   *
-   * @throws {BackendError} The pair's keys would exceed Deno KV's 2048 bytes.
    */
   registrySet(chain: string, uuid: string): Promise<void> {
     return this.#enter("registrySet", async () => {
       checkId("chain", chain);
       checkId("uuid", uuid);
-      this.#registry.checkFits(chain, uuid);
       await this.#sweeper.maintain();
       await this.#registry.map(chain, uuid, false);
     });
@@ -500,13 +483,13 @@ export class KvBackend implements SharedBackend {
   /**
    * {@inheritDoc SharedBackend.registrySetIfAbsent}
    *
-   * @throws {BackendError} The pair's keys would exceed Deno KV's 2048 bytes.
+   * On Deno KV a retry after a lost answer returns what the write that was
+   * applied returned.
    */
   registrySetIfAbsent(chain: string, uuid: string): Promise<string> {
     return this.#enter("registrySetIfAbsent", async () => {
       checkId("chain", chain);
       checkId("uuid", uuid);
-      this.#registry.checkFits(chain, uuid);
       await this.#sweeper.maintain();
       return await this.#registry.map(chain, uuid, true);
     });
@@ -530,13 +513,18 @@ export class KvBackend implements SharedBackend {
     });
   }
 
-  /** {@inheritDoc SharedBackend.registryRefresh} */
-  async registryRefresh(uuid: string): Promise<boolean> {
-    // Interim (issue 10 makes it one atomic step): re-write the pair if mapped.
-    const chain = await this.registryGetChain(uuid);
-    if (chain === null) return false;
-    await this.registrySet(chain, uuid);
-    return true;
+  /**
+   * {@inheritDoc SharedBackend.registryRefresh}
+   *
+   * On Deno KV both records and the pair's expiry-index entry are rewritten
+   * in one commit, checked against what was read.
+   */
+  registryRefresh(uuid: string): Promise<boolean> {
+    return this.#enter("registryRefresh", async () => {
+      checkId("uuid", uuid);
+      await this.#sweeper.maintain();
+      return await this.#registry.refresh(uuid);
+    });
   }
 
   /** {@inheritDoc SharedBackend.registryDelete} */
@@ -643,7 +631,6 @@ export class KvBackend implements SharedBackend {
     }
     await this.#appends.idle();
     await this.#sweeper.idle();
-    await this.#watches.close();
     if (this.#ownsKv) this.#store.kv.close();
   }
 
@@ -665,6 +652,48 @@ export class KvBackend implements SharedBackend {
   }
 }
 
+/** Whether `path` is a local file (or `":memory:"`), where a commit's outcome is always known. */
+function isLocalPath(path: string | undefined): boolean {
+  return path !== undefined && !/^https?:\/\//i.test(path);
+}
+
+/**
+ * Refuses a `maxChecksPerAtomic` above what the store allows: known on a
+ * local file; elsewhere (above the 10 every store allows) found by one
+ * commit of that many checks of an absent key.
+ *
+ * @throws {RangeError} The message names `maxChecksPerAtomic`.
+ */
+async function checkChecksAllowed(
+  kv: Deno.Kv,
+  config: ResolvedConfig,
+  options: KvBackendOptions,
+): Promise<void> {
+  const checks = options.maxChecksPerAtomic;
+  if (checks === undefined || checks <= KV_LIMITS.remoteChecks) return;
+  const refuse = (why: string) =>
+    new RangeError(
+      `Invalid maxChecksPerAtomic: ${checks} is more checks than this Deno KV allows in one commit (${why})`,
+    );
+  if (config.kv === undefined && isLocalPath(config.kvPath)) {
+    if (checks > KV_LIMITS.localChecks) {
+      throw refuse(`a local file allows ${KV_LIMITS.localChecks}`);
+    }
+    return;
+  }
+  const op = kv.atomic();
+  const key = [config.prefix, "meta", "probe"];
+  for (let i = 0; i < checks; i++) op.check({ key, versionstamp: null });
+  try {
+    await op.commit();
+  } catch (error) {
+    // Other failures show in the first real commit, with their own message.
+    if (/too many checks/i.test(errorMessage(error))) {
+      throw refuse(errorMessage(error));
+    }
+  }
+}
+
 /** Checks the options of {@linkcode KvBackend.open}; the message names the option. */
 function checkOptions(options: KvBackendOptions): void {
   for (const name of ["maxChecksPerAtomic", "maxAttempts"] as const) {
@@ -680,15 +709,6 @@ function checkOptions(options: KvBackendOptions): void {
   ) {
     throw new RangeError(
       `Invalid maxChecksPerAtomic: expected an integer >= 2, got ${options.maxChecksPerAtomic}`,
-    );
-  }
-  if (
-    options.watchPolling !== undefined &&
-    typeof options.watchPolling !== "boolean"
-  ) {
-    throw new TypeError(
-      `Invalid watchPolling: expected a boolean, got ${typeof options
-        .watchPolling}`,
     );
   }
   const timeout = options.uploadTimeoutMs;

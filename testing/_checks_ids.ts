@@ -77,6 +77,42 @@ export const ID_CHECKS: Check[] = [
   },
   {
     name:
+      "ids of 1 000 NUL characters (1 000 UTF-8 bytes) and of 1 024 UTF-8 bytes work as thread ids, chains, uuids",
+    async fn(open) {
+      const b = await open();
+      const ids = [
+        "\0".repeat(1000),
+        "\0".repeat(1024),
+        "\0".repeat(512) + "\u00e9".repeat(256),
+        "x".repeat(1023) + "\0",
+      ];
+      for (const [i, id] of ids.entries()) {
+        const label = `id ${i}`;
+        assert.equal(await b.bufferAppend(id, bytes(i)), 0, label);
+        assert.equal(await b.bufferAppend(id, bytes(i, i)), 1, label);
+        assert.deepEqual(await b.bufferGetThread(id), [bytes(i), bytes(i, i)]);
+        assert.deepEqual(await b.bufferGetSlot(id, 1), bytes(i, i), label);
+        assert.equal(await b.bufferThreadLen(id), 2, label);
+        await b.registrySet(id, `u${i}`);
+        await b.registrySet(`c${i}`, id);
+        assert.equal(await b.registryGetUuid(id), `u${i}`, label);
+        assert.equal(await b.registryGetChain(id), `c${i}`, label);
+      }
+      assert.deepEqual((await b.bufferListThreads()).sort(), [...ids].sort());
+      const all = await b.registryListAll();
+      for (const [i, id] of ids.entries()) {
+        assert.equal(all.get(`u${i}`), id);
+        assert.equal(all.get(id), `c${i}`);
+      }
+      assert.equal(await b.bufferDeleteThread(ids[0]!), true);
+      assert.equal(await b.bufferThreadExists(ids[0]!), false);
+      assert.equal(await b.registryDelete(ids[0]!), true);
+      assert.equal(await b.registryGetUuid(`c0`), null);
+      assert.equal((await b.stats()).threads, ids.length - 1);
+    },
+  },
+  {
+    name:
       "the buffer and the registry are separate namespaces: one string as thread, chain and uuid",
     async fn(open) {
       const b = await open();

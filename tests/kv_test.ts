@@ -10,12 +10,12 @@ Deno.test("KvBackend meets the shared-backend contract", async (t) => {
     await runConformanceSuite(t, {
       name: "kv",
       open: (config) => KvBackend.open({ ...config, kvPath }),
-      // Until issues 11 and 12 land on this backend (interim stubs).
+      // Until issue 12 lands on this backend (an interim watch source).
       skip: {
-        "a Node Buffer is stored as a copy":
-          "issue 10 defect 3, in progress on kv",
-        "appendId": "append ids are not implemented on this backend yet",
-        "append ids": "append ids are not implemented on this backend yet",
+        "deleted or cleared":
+          "its interim watch source does not report deletion yet",
+        "of its thread's expiry":
+          "its interim watch source does not report expiry yet",
       },
     });
   } finally {
@@ -873,19 +873,184 @@ Deno.test("KvBackend.open", async (t) => {
   });
 });
 
-Deno.test("KvBackend rejects a thread whose keys would exceed Deno KV's key limit alone", async () => {
-  await using backend = await KvBackend.open({ kvPath: ":memory:" });
-  const nuls = "\0".repeat(1024); // a valid id: 1024 UTF-8 bytes, 2048 as a key part
-  const [bad, good] = await Promise.allSettled([
-    backend.bufferAppend(nuls, new Uint8Array([1])),
-    backend.bufferAppend("ok", new Uint8Array([2])),
-  ]);
-  assert.equal(bad.status, "rejected");
-  assert.ok(bad.reason instanceof BackendError);
-  assert.match(bad.reason.message, /2048 bytes allowed/);
-  assert.deepEqual(good, { status: "fulfilled", value: 0 });
-  assert.deepEqual(await backend.bufferListThreads(), ["ok"]);
-  assert.equal(await backend.bufferThreadLen(nuls), 0);
-  assert.deepEqual(await backend.bufferGetThread(nuls), []);
-  assert.equal(await backend.bufferDeleteThread(nuls), false);
+Deno.test("KvBackend takes every id of up to 1024 UTF-8 bytes under any prefix up to its bound: long keys are hashed, and reclaimed whole", async () => {
+  await using store = await tempStore();
+  // The longest prefixes: 369 NULs, or 738 bytes without NUL (MAX_PREFIX_PART_BYTES).
+  for (const prefix of ["\0".repeat(369), "p".repeat(737) + ":"]) {
+    await using backend = await KvBackend.open({
+      kvPath: store.path,
+      prefix,
+      ttlMs: 60_000,
+    });
+    const nuls = "\0".repeat(1024); // 1024 UTF-8 bytes, 2048 as a key part
+    const ids = [
+      nuls,
+      "\0".repeat(600) + "x",
+      "é".repeat(512),
+      "x".repeat(1024),
+    ];
+    const appendId = "\0".repeat(128); // the longest append id's key part
+    for (const [i, id] of ids.entries()) {
+      assert.equal(await backend.bufferAppend(id, new Uint8Array([i])), 0);
+      assert.equal(
+        await backend.bufferAppend(id, new Uint8Array(70_000).fill(i), {
+          appendId,
+        }),
+        1,
+      );
+      assert.equal(
+        await backend.bufferAppend(id, new Uint8Array([9]), { appendId }),
+        1,
+      );
+      await backend.registrySet(id, id);
+    }
+    assert.deepEqual(
+      (await backend.bufferListThreads()).sort(),
+      ids.toSorted(),
+    );
+    for (const [i, id] of ids.entries()) {
+      const slots = await backend.bufferGetThread(id);
+      assert.equal(slots.length, 2);
+      assert.deepEqual(slots[0], new Uint8Array([i]));
+      assert.equal(slots[1]!.byteLength, 70_000);
+      assert.equal(await backend.registryGetChain(id), id);
+    }
+    assert.equal(
+      (await backend.registryListAll()).size,
+      ids.length,
+    );
+    // Stored under a hash: the key holds 32 bytes, the head the id.
+    const raw = await rawEntries(store.path, prefix);
+    const head = raw.find((e) =>
+      e.key[1] === "head" && (e.value as { i?: string }).i === nuls
+    );
+    assert.ok(head?.key[2] instanceof Uint8Array);
+    assert.equal(await backend.bufferDeleteThread(nuls), true);
+    assert.equal(await backend.registryDelete(nuls), true);
+    assert.equal(await backend.bufferThreadExists(nuls), false);
+    await backend.bufferClear();
+    await backend.registryClear();
+    assert.deepEqual(
+      (await rawEntries(store.path, prefix)).map((e) => [e.key, e.value]),
+      [[[prefix, "meta", "threads"], 0]],
+    );
+  }
+  // An expired thread with a hashed key is swept away whole.
+  await using short = await KvBackend.open({
+    kvPath: store.path,
+    prefix: "short:",
+    ttlMs: 300,
+  });
+  await short.bufferAppend("\0".repeat(1024), new Uint8Array(70_000), {
+    appendId: "a",
+  });
+  await short.registrySet("\0".repeat(1024), "\0".repeat(1000));
+  await sleep(1_100);
+  await short.stats(); // the sweep of this call reclaims it
+  assert.deepEqual(
+    (await rawEntries(store.path, "short:")).map((e) => [e.key, e.value]),
+    [[["short:", "meta", "threads"], 0]],
+  );
+  await assert.rejects(
+    KvBackend.open({ kvPath: store.path, prefix: "p".repeat(739) }),
+    (error: unknown) =>
+      error instanceof RangeError && /prefix/.test(error.message),
+  );
+});
+
+// ------------------------------------------------- issue 10: KV correctness
+
+/**
+ * A Deno.Kv whose atomic commits are handed to `hook` (which calls `commit`
+ * itself, or not): how the tests make commits slow, or lose their answers,
+ * as on KV Connect.
+ */
+function interceptCommits(
+  kv: Deno.Kv,
+  hook: (
+    commit: () => Promise<Deno.KvCommitResult | Deno.KvCommitError>,
+  ) => Promise<Deno.KvCommitResult | Deno.KvCommitError>,
+): Deno.Kv {
+  return new Proxy(kv, {
+    get(target, property) {
+      if (property === "atomic") {
+        return () => {
+          const op = target.atomic();
+          const proxy: Deno.AtomicOperation = new Proxy(op, {
+            get(inner, name) {
+              const value = Reflect.get(inner, name, inner);
+              if (typeof value !== "function") return value;
+              if (name === "commit") return () => hook(() => op.commit());
+              return (...args: unknown[]) => {
+                const result = value.apply(inner, args);
+                return result === inner ? proxy : result;
+              };
+            },
+          });
+          return proxy;
+        };
+      }
+      const value = Reflect.get(target, property, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+Deno.test("KvBackend: a thread once seen gone stays gone", async (t) => {
+  await t.step(
+    "appends planned just before the expiry whose commit lands after a reader saw the thread gone start it anew at 0, old slots never back",
+    async () => {
+      await using store = await tempStore();
+      const prefix = "gone:";
+      const ttlMs = 400;
+      using kv = await Deno.openKv(store.path);
+      // The writer's commits take 30 ms, as a KV Connect round trip would.
+      await using writer = await KvBackend.open(
+        {
+          kv: interceptCommits(kv, async (commit) => {
+            await sleep(30);
+            return await commit();
+          }),
+          prefix,
+          ttlMs,
+        },
+        { maxChecksPerAtomic: 100 },
+      );
+      await using reader = await KvBackend.open({
+        kvPath: store.path,
+        prefix,
+        ttlMs,
+      });
+      for (const [trial, before] of [10, 5, 15].entries()) {
+        const threadId = `t${trial}`;
+        await writer.bufferAppend(threadId, new Uint8Array([0xaa]));
+        assert.equal(await reader.bufferThreadLen(threadId), 1);
+        const head = await kv.get<{ e: number }>([prefix, "head", threadId]);
+        const expiresAt = head.value!.e;
+        await sleep(expiresAt - before - Date.now());
+        const appends = Array.from(
+          { length: 400 },
+          (_, i) => writer.bufferAppend(threadId, tagged(1, i, 16)),
+        );
+        await sleep(Math.max(0, expiresAt + 2 - Date.now()));
+        const seen = await reader.bufferThreadLen(threadId);
+        const indexes = (await Promise.all(appends)).toSorted((a, b) => a - b);
+        const slots = await reader.bufferGetThread(threadId);
+        if (seen === 0) {
+          assert.deepEqual(
+            indexes,
+            [...Array(400).keys()],
+            `trial ${trial}: the reader saw the thread gone, yet the appends continued it`,
+          );
+          assert.ok(
+            slots.every((slot) => slot[0] !== 0xaa),
+            `trial ${trial}: an old slot came back`,
+          );
+        } else {
+          assert.deepEqual(indexes, [...Array(400).keys()].map((i) => i + 1));
+        }
+        assert.equal(slots.length, 400 + (seen === 0 ? 0 : 1));
+      }
+    },
+  );
 });
