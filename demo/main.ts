@@ -6,8 +6,9 @@
  * Each Worker opens its own backend on the same store and plays agents
  * through `ThreadRegistry` and `ContextBuffer` (demo/_agents.ts): consoles
  * start chains to a router, the router extends them to a greeter or a
- * calculator, which read their thread back and answer by pruning the chain,
- * and the router replies the same way. Every Worker plays every
+ * calculator, which wait for their call (`ContextBuffer.waitFor`) and answer
+ * by pruning the chain, while the router waits for the answer; it replies
+ * the same way, and the console waits for the reply. Every Worker plays every
  * conversation at once, so several Workers append to the same threads and
  * create the same chains at the same time. The main isolate then reads the
  * store back and checks it against what the Workers were told
@@ -521,6 +522,11 @@ export async function main(args: string[]): Promise<number> {
         } threads: indexes dense 0..n-1, each once, every slot at the index its append returned`,
       );
       out(`  - ${number(result.slots)} slots decode as ContextBuffer messages`);
+      out(
+        `  - ${
+          number(reports.reduce((n, r) => n + r.received, 0))
+        } messages received with waitFor, each at the index its append returned`,
+      );
       out(
         `  - ${
           number(result.registryEntries)

@@ -20,7 +20,8 @@
  * - the slot at index `i` is the message whose append returned `i`;
  * - every chain was given one uuid by every agent, and the registry still
  *   maps it to that uuid;
- * - the agents' own read-backs found what they wrote.
+ * - every message an agent waited for (`ContextBuffer.waitFor`) was found,
+ *   at the index its append returned (the agents report what they saw).
  *
  * @module
  */
@@ -34,7 +35,7 @@ export interface DemoJournal {
   appends: readonly AppendRecord[];
   /** Every `[chain, uuid]` the registry gave an agent. */
   chains: readonly (readonly [string, string])[];
-  /** Problems the agents saw themselves (a read-back that found another message). */
+  /** Problems the agents saw themselves (a wait that failed, or found another message than the one appended). */
   mismatches?: readonly string[];
 }
 
