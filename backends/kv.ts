@@ -53,6 +53,7 @@ import { KvReader } from "./_kv_reads.ts";
 import { KvRegistry } from "./_kv_registry.ts";
 import { KvStore } from "./_kv_store.ts";
 import { KvSweeper } from "./_kv_sweep.ts";
+import { KvWatchSource, watchModeOf } from "./_kv_watch.ts";
 import { isContention, jitteredDelay, KV_LIMITS } from "./_kv_util.ts";
 
 // The types of this module's API, so that the `./kv` entry point stands alone.
@@ -117,6 +118,16 @@ export interface KvBackendOptions {
    * @default {60000}
    */
   uploadTimeoutMs?: number;
+  /**
+   * Whether watches poll the watched heads for appends made by other
+   * processes, which Deno KV's `kv.watch` does not deliver on a local file
+   * (denoland/deno#21640). Same-process appends (other `Deno.Kv`s of the
+   * file, Workers) wake watches through `kv.watch` either way. See
+   * "Watching" in docs/kv.md for the latency and the idle cost.
+   *
+   * @default {true, except on ":memory:" and on Deno Deploy, where kv.watch delivers every write}
+   */
+  watchPolling?: boolean;
 }
 
 /**
@@ -211,6 +222,7 @@ export class KvBackend implements SharedBackend {
   readonly #reader: KvReader;
   readonly #registry: KvRegistry;
   readonly #sweeper: KvSweeper;
+  readonly #watches: KvWatchSource;
 
   #closed = false;
   /** Aborted by close(): every watch ends. */
@@ -243,6 +255,10 @@ export class KvBackend implements SharedBackend {
     this.#reader = new KvReader(store, blobs);
     this.#registry = new KvRegistry(store, config.ttlMs);
     this.#sweeper = new KvSweeper(store, blobs, this.#registry, heads);
+    this.#watches = new KvWatchSource(
+      store,
+      watchModeOf(path, config.kv !== undefined, options.watchPolling),
+    );
     this.#appends = new KvAppendQueue(store, blobs, this.#sweeper, heads, {
       ttlMs: config.ttlMs,
       maxSlotsPerThread: config.maxSlotsPerThread,
@@ -347,23 +363,45 @@ export class KvBackend implements SharedBackend {
 
   /**
    * {@inheritDoc SharedBackend.bufferWatch}
+   *
+   * On Deno KV, appends of this process (any `Deno.Kv` of the same file,
+   * Workers too) and every append on Deno Deploy wake watches through
+   * `kv.watch` on the thread's head. Appends of other processes to a local
+   * file are seen by one poller per backend, however many watches: it
+   * checks the file (a `stat`) and reads the watched heads 10 a call,
+   * every 10 ms while they change, backing off to 500 ms when they do not
+   * (`watchPolling`). The watch ends within 1 s of the thread's deletion or
+   * expiry. See "Watching" in docs/kv.md for latency and idle cost.
+   *
+   * @example A watcher sees what another backend on the file appends
+   * ```ts
+   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
+   * import assert from "node:assert/strict";
+   *
+   * const kvPath = await Deno.makeTempFile({ suffix: ".db" });
+   * await using watcher = await KvBackend.open({ kvPath });
+   * await using writer = await KvBackend.open({ kvPath });
+   * const watch = watcher.bufferWatch("t1", { fromIndex: 0 });
+   * const first = watch.next();
+   * await writer.bufferAppend("t1", new Uint8Array([1]));
+   * assert.deepEqual((await first).value, { index: 0, slot: new Uint8Array([1]) });
+   * await writer.bufferDeleteThread("t1");
+   * assert.equal((await watch.next()).done, true); // the thread is gone
+   * await watcher.close();
+   * await writer.close();
+   * await Deno.remove(kvPath);
+   * ```
    */
   bufferWatch(
     threadId: string,
     options?: BufferWatchOptions,
   ): AsyncIterableIterator<WatchedSlot> {
-    // Interim source (issue 12 replaces it): wakes every watch every 100 ms.
     return watchThread(
       {
         kind: this.kind,
         bufferGetRange: (id, start, end) => this.bufferGetRange(id, start, end),
         bufferThreadLen: (id) => this.bufferThreadLen(id),
-        watchSource: {
-          subscribe: (_id, wake) => {
-            const timer = setInterval(() => wake("changed"), 100);
-            return Promise.resolve(() => clearInterval(timer));
-          },
-        },
+        watchSource: this.#watches,
         closedSignal: this.#watchesEnd.signal,
         retryTimeoutMs: this.#retryTimeoutMs,
       },
@@ -631,6 +669,7 @@ export class KvBackend implements SharedBackend {
     }
     await this.#appends.idle();
     await this.#sweeper.idle();
+    await this.#watches.close();
     if (this.#ownsKv) this.#store.kv.close();
   }
 
@@ -709,6 +748,15 @@ function checkOptions(options: KvBackendOptions): void {
   ) {
     throw new RangeError(
       `Invalid maxChecksPerAtomic: expected an integer >= 2, got ${options.maxChecksPerAtomic}`,
+    );
+  }
+  if (
+    options.watchPolling !== undefined &&
+    typeof options.watchPolling !== "boolean"
+  ) {
+    throw new TypeError(
+      `Invalid watchPolling: expected a boolean, got ${typeof options
+        .watchPolling}`,
     );
   }
   const timeout = options.uploadTimeoutMs;

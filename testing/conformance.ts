@@ -166,7 +166,6 @@ const SECTIONS: readonly (readonly Check[])[] = [
  *     await runConformanceSuite(t, {
  *       name: "kv",
  *       open: (config) => KvBackend.open({ ...config, kvPath }),
- *       skip: { "deleted or cleared": "not yet on kv", "of its thread's expiry": "not yet on kv" },
  *     });
  *   } finally {
  *     await Deno.remove(kvPath);

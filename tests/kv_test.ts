@@ -10,13 +10,6 @@ Deno.test("KvBackend meets the shared-backend contract", async (t) => {
     await runConformanceSuite(t, {
       name: "kv",
       open: (config) => KvBackend.open({ ...config, kvPath }),
-      // Until issue 12 lands on this backend (an interim watch source).
-      skip: {
-        "deleted or cleared":
-          "its interim watch source does not report deletion yet",
-        "of its thread's expiry":
-          "its interim watch source does not report expiry yet",
-      },
     });
   } finally {
     await Deno.remove(dir, { recursive: true });
