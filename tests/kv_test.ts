@@ -962,6 +962,7 @@ function interceptCommits(
   kv: Deno.Kv,
   hook: (
     commit: () => Promise<Deno.KvCommitResult | Deno.KvCommitError>,
+    checks: number,
   ) => Promise<Deno.KvCommitResult | Deno.KvCommitError>,
 ): Deno.Kv {
   return new Proxy(kv, {
@@ -969,12 +970,16 @@ function interceptCommits(
       if (property === "atomic") {
         return () => {
           const op = target.atomic();
+          let checks = 0;
           const proxy: Deno.AtomicOperation = new Proxy(op, {
             get(inner, name) {
               const value = Reflect.get(inner, name, inner);
               if (typeof value !== "function") return value;
-              if (name === "commit") return () => hook(() => op.commit());
+              if (name === "commit") {
+                return () => hook(() => op.commit(), checks);
+              }
               return (...args: unknown[]) => {
+                if (name === "check") checks += args.length;
                 const result = value.apply(inner, args);
                 return result === inner ? proxy : result;
               };
@@ -1046,4 +1051,171 @@ Deno.test("KvBackend: a thread once seen gone stays gone", async (t) => {
       }
     },
   );
+});
+
+Deno.test("KvBackend: errors name their own thread and options the store cannot honour", async (t) => {
+  await t.step(
+    "a group commit that fails gives each caller an error naming its own thread, saying it was not applied",
+    async () => {
+      using kv = await Deno.openKv(":memory:");
+      let fail = false;
+      await using backend = await KvBackend.open({
+        kv: interceptCommits(kv, (commit) => {
+          if (fail) {
+            return Promise.reject(
+              new TypeError("Value too large (max 65536 bytes)"),
+            );
+          }
+          return commit();
+        }),
+      }, { maxChecksPerAtomic: 100, idempotentRetries: false });
+      fail = true;
+      const settled = await Promise.allSettled(
+        Array.from(
+          { length: 30 },
+          (_, i) => backend.bufferAppend(`thread-${i}`, new Uint8Array([i])),
+        ),
+      );
+      settled.forEach((outcome, i) => {
+        assert.equal(outcome.status, "rejected");
+        const error = (outcome as PromiseRejectedResult).reason;
+        assert.ok(error instanceof BackendError);
+        assert.match(
+          error.message,
+          new RegExp(`^Cannot append to thread "thread-${i}": Value too large`),
+        );
+        assert.match(error.message, /it was not applied$/);
+      });
+      fail = false;
+      assert.equal((await backend.stats()).threads, 0);
+    },
+  );
+
+  await t.step(
+    "maxChecksPerAtomic above the store's limit is a RangeError at open naming the option",
+    async () => {
+      await using store = await tempStore();
+      await assert.rejects(
+        KvBackend.open({ kvPath: store.path }, { maxChecksPerAtomic: 101 }),
+        (error: unknown) =>
+          error instanceof RangeError &&
+          /maxChecksPerAtomic/.test(error.message),
+      );
+      // A remote store (here one that allows 10 checks, as KV Connect does).
+      using kv = await Deno.openKv(store.path);
+      const remote = interceptCommits(
+        kv,
+        (commit, checks) =>
+          checks > 10
+            ? Promise.reject(new TypeError("Too many checks (max 10)"))
+            : commit(),
+      );
+      await assert.rejects(
+        KvBackend.open({ kv: remote }, { maxChecksPerAtomic: 50 }),
+        (error: unknown) =>
+          error instanceof RangeError &&
+          /maxChecksPerAtomic/.test(error.message),
+      );
+      await using ok = await KvBackend.open({ kv: remote }, {
+        maxChecksPerAtomic: 10,
+      });
+      assert.equal(await ok.bufferAppend("t", new Uint8Array([1])), 0);
+    },
+  );
+});
+
+Deno.test("KvBackend registryRefresh() is one checked commit", async (t) => {
+  await t.step(
+    "it refreshes both directions and moves the pair's expiry entry; an unmapped uuid writes nothing",
+    async () => {
+      await using store = await tempStore();
+      const prefix = "refresh:";
+      await using backend = await KvBackend.open({
+        kvPath: store.path,
+        prefix,
+        ttlMs: 60_000,
+      });
+      await backend.registrySet("c", "u");
+      const before = await rawEntries(store.path, prefix);
+      assert.equal(await backend.registryRefresh("nobody"), false);
+      assert.deepEqual(await rawEntries(store.path, prefix), before);
+      await sleep(1_000); // the expiry entry moves to a later second
+      assert.equal(await backend.registryRefresh("u"), true);
+      const after = await rawEntries(store.path, prefix);
+      const records = after.filter((e) =>
+        e.key[1] === "chain" || e.key[1] === "uuid"
+      );
+      assert.equal(records.length, 2);
+      assert.equal(new Set(records.map((e) => e.versionstamp)).size, 1);
+      const [chain] = records as Deno.KvEntry<{ e: number }>[];
+      const expiries = after.filter((e) => e.key[1] === "exp");
+      assert.deepEqual(expiries.map((e) => e.key), [
+        [prefix, "exp", Math.floor(chain!.value.e / 1000), "r", "c"],
+      ]);
+      assert.ok(
+        chain!.value.e >
+          (before.find((e) => e.key[1] === "chain")!.value as { e: number }).e +
+            900,
+      );
+    },
+  );
+
+  await t.step(
+    "racing registryDelete() or registrySet(), it never brings back a pair that was unmapped",
+    async () => {
+      await using store = await tempStore();
+      await using a = await KvBackend.open({ kvPath: store.path });
+      await using b = await KvBackend.open({ kvPath: store.path });
+      for (let round = 0; round < 40; round++) {
+        const uuid = `u${round}`;
+        await a.registrySet(`c${round}`, uuid);
+        const [refreshed, deleted] = await Promise.all([
+          a.registryRefresh(uuid),
+          b.registryDelete(uuid),
+          a.registryRefresh(uuid),
+        ]);
+        assert.equal(deleted, true);
+        assert.equal(typeof refreshed, "boolean");
+        assert.equal(await a.registryGetChain(uuid), null, `round ${round}`);
+        assert.equal(await a.registryGetUuid(`c${round}`), null);
+        // Moved to another uuid meanwhile: the old uuid stays unmapped.
+        await a.registrySet(`d${round}`, `v${round}`);
+        await Promise.all([
+          a.registryRefresh(`v${round}`),
+          b.registrySet(`d${round}`, `w${round}`),
+        ]);
+        assert.equal(await a.registryGetChain(`v${round}`), null);
+        assert.equal(await a.registryGetUuid(`d${round}`), `w${round}`);
+      }
+    },
+  );
+});
+
+Deno.test("KvBackend reads: each slot owns its ArrayBuffer, chunked slots included", async () => {
+  await using backend = await KvBackend.open({ kvPath: ":memory:" });
+  const slots = [
+    new Uint8Array([1]),
+    new Uint8Array(200_000).fill(2),
+    new Uint8Array(70_000).fill(3),
+  ];
+  for (const slot of slots) await backend.bufferAppend("t", slot);
+  const reads = [
+    await backend.bufferGetThread("t"),
+    await backend.bufferGetRange("t", 1, 3),
+    [await backend.bufferGetSlot("t", 1), await backend.bufferGetSlot("t", 2)],
+  ];
+  for (const read of reads) {
+    const buffers = new Set<ArrayBufferLike>();
+    for (const slot of read) {
+      assert.ok(slot !== null);
+      assert.equal(slot.byteOffset, 0);
+      assert.equal(slot.buffer.byteLength, slot.byteLength);
+      buffers.add(slot.buffer);
+    }
+    assert.equal(buffers.size, read.length);
+  }
+  // Transferring one leaves the others whole.
+  const [first, second] = await backend.bufferGetRange("t", 1, 3);
+  structuredClone(first, { transfer: [first!.buffer as ArrayBuffer] });
+  assert.equal(second!.byteLength, 70_000);
 });
