@@ -93,6 +93,39 @@ export const COMMANDS = {
       "0) or the thread is deleted or expires. A thread that does not exist\n" +
       "yet is waited for.",
   },
+  serve: {
+    synopsis: "[--port N] [--host HOST] [--allow-write]",
+    flags: {
+      port: {
+        type: "string",
+        value: "N",
+        help: "the port (default: a free one, printed at start)",
+      },
+      host: {
+        type: "string",
+        value: "HOST",
+        help: "the address to listen on (default 127.0.0.1)",
+      },
+      token: {
+        type: "string",
+        value: "TOKEN",
+        help:
+          "the token requests need (default: a random one, printed, on a host\n" +
+          "other than 127.0.0.1, ::1 or localhost; none on those)",
+      },
+      "allow-write": {
+        type: "boolean",
+        help: "let the page delete a thread or clear the prefix",
+      },
+    },
+    summary: "serve the web inspector: threads, slots and registry, live",
+    help:
+      "Serves a web page that shows the store: stats, the threads (slots,\n" +
+      "chain, last write, expiry), a thread's slots decoded (live: appended\n" +
+      "slots appear as they come), raw hex, the registry as a tree of chains,\n" +
+      "search by thread id or chain. Read-only unless --allow-write. Prints its\n" +
+      "URL and runs until Ctrl-C (exit 0).",
+  },
   registry: {
     summary: "list the registry: uuid -> chain",
     help: "Lists every live registry pair of the prefix, sorted by chain.",

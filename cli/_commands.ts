@@ -8,6 +8,7 @@ import { deserializeSlot } from "../serialize.ts";
 import type { AdminAccess } from "./_admin.ts";
 import type { ArgumentOf, Command, FlagValuesOf, Invocation } from "./_args.ts";
 import { CliError, usageError } from "./_errors.ts";
+import { serve } from "./_serve.ts";
 import {
   duration,
   fields,
@@ -73,6 +74,7 @@ const RUN: { readonly [C in Command]: Run<C> } = {
   threads,
   show,
   watch,
+  serve,
   registry,
   chain,
   uuid,
@@ -82,7 +84,7 @@ const RUN: { readonly [C in Command]: Run<C> } = {
 };
 
 /** The commands that run until Ctrl-C, printing as they go. */
-export const STREAMING: ReadonlySet<string> = new Set(["watch"]);
+export const STREAMING: ReadonlySet<string> = new Set(["watch", "serve"]);
 
 /** Runs a parsed command on an open backend; `null`: it printed through `out`. */
 export function runCommand(
