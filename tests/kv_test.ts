@@ -1219,3 +1219,147 @@ Deno.test("KvBackend reads: each slot owns its ArrayBuffer, chunked slots includ
   structuredClone(first, { transfer: [first!.buffer as ArrayBuffer] });
   assert.equal(second!.byteLength, 70_000);
 });
+
+Deno.test("KvBackend retries never apply a write twice (issue 11)", async (t) => {
+  await t.step(
+    "appends whose commit fails or loses its answer are retried: every caller gets its index, each slot is stored once",
+    async () => {
+      using kv = await Deno.openKv(":memory:");
+      let commits = 0;
+      const lossy = interceptCommits(kv, async (commit) => {
+        const roll = commits++ % 5;
+        if (roll === 1) {
+          throw new Error("error sending request: connection reset");
+        }
+        const result = await commit();
+        if (roll === 3) {
+          // Applied, but the answer never arrives.
+          throw new Error("connection closed before message completed");
+        }
+        return result;
+      });
+      await using backend = await KvBackend.open({ kv: lossy }, {
+        maxChecksPerAtomic: 100,
+      });
+      const appended = new Map<string, { index: number; slot: Uint8Array }[]>();
+      const append = async (
+        threadId: string,
+        slot: Uint8Array,
+        appendId?: string,
+      ) => {
+        const index = await backend.bufferAppend(
+          threadId,
+          slot,
+          appendId === undefined ? undefined : { appendId },
+        );
+        const list = appended.get(threadId) ?? [];
+        if (!list.some((x) => x.index === index)) {
+          list.push({ index, slot });
+        }
+        appended.set(threadId, list);
+        return index;
+      };
+      const indexes = await Promise.all(
+        Array.from({ length: 300 }, (_, i) =>
+          append(
+            `t${i % 7}`,
+            i === 150 ? new Uint8Array(100_000).fill(7) : tagged(1, i, 16),
+            i % 3 === 0 ? `id-${i}` : undefined,
+          )),
+      );
+      for (let i = 0; i < 40; i++) {
+        await append("one", tagged(2, i, 16), i % 2 ? `id-${i}` : undefined);
+      }
+      // Repeats of applied ids return their index and store nothing.
+      for (let i = 0; i < 300; i += 3) {
+        const index = await backend.bufferAppend(
+          `t${i % 7}`,
+          new Uint8Array(),
+          {
+            appendId: `id-${i}`,
+          },
+        );
+        assert.equal(index, indexes[i]);
+      }
+      for (const [threadId, list] of appended) {
+        const stored = await backend.bufferGetThread(threadId);
+        assert.equal(stored.length, list.length, `length of ${threadId}`);
+        for (const { index, slot } of list) {
+          assert.deepEqual(stored[index], slot, `${threadId}[${index}]`);
+        }
+      }
+      assert.ok(commits > 20);
+    },
+  );
+
+  await t.step(
+    "a registry write whose answer is lost returns what was applied, even if another writer changed the pair before the retry",
+    async () => {
+      using kv = await Deno.openKv(":memory:");
+      let lose = false;
+      let between: (() => Promise<unknown>) | undefined;
+      const lossy = interceptCommits(kv, async (commit) => {
+        const result = await commit();
+        if (lose) {
+          lose = false;
+          await between?.();
+          throw new Error("connection reset by peer");
+        }
+        return result;
+      });
+      await using a = await KvBackend.open({ kv: lossy });
+      await using b = await KvBackend.open({ kv });
+      lose = true;
+      between = () => b.registrySet("c", "u-other");
+      assert.equal(await a.registrySetIfAbsent("c", "u-mine"), "u-mine");
+      assert.equal(await a.registryGetUuid("c"), "u-other");
+      between = undefined;
+      await a.registrySet("d", "u-d");
+      lose = true;
+      assert.equal(await a.registryDelete("u-d"), true);
+      assert.equal(await a.registryGetUuid("d"), null);
+      lose = true;
+      await a.registrySet("e", "u-e");
+      assert.equal(await b.registryGetChain("u-e"), "e");
+      lose = true;
+      assert.equal(await a.registryRefresh("u-e"), true);
+      lose = true;
+      assert.equal(await a.registrySetIfAbsent("e", "u-x"), "u-e");
+      assert.equal((await b.registryListAll()).size, 2);
+    },
+  );
+
+  await t.step(
+    "a locked database is retried until retryTimeoutMs, then the append rejects saying it was not applied",
+    async () => {
+      using kv = await Deno.openKv(":memory:");
+      let locked = 3;
+      const busy = interceptCommits(
+        kv,
+        (commit) =>
+          locked-- > 0
+            ? Promise.reject(new TypeError("database is locked"))
+            : commit(),
+      );
+      await using backend = await KvBackend.open(
+        { kv: busy, retryTimeoutMs: 500 },
+        { maxChecksPerAtomic: 100, idempotentRetries: false },
+      );
+      assert.equal(await backend.bufferAppend("t", new Uint8Array([1])), 0);
+      locked = Infinity;
+      const start = Date.now();
+      await assert.rejects(
+        backend.bufferAppend("t", new Uint8Array([2])),
+        (error: unknown) =>
+          error instanceof BackendError &&
+          /"t": the commit kept failing for retryTimeoutMs \(500 ms\): database is locked; it was not applied$/
+            .test(error.message),
+      );
+      assert.ok(Date.now() - start >= 450);
+      locked = 0;
+      assert.deepEqual(await backend.bufferGetThread("t"), [
+        new Uint8Array([1]),
+      ]);
+    },
+  );
+});
