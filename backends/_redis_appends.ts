@@ -1,23 +1,28 @@
 // The append path of the Redis backend: coalesces concurrent appends into
-// append script calls and settles each append from the script's reply.
+// append script calls, retries a call that failed (through lost replies,
+// reconnects, failovers: the script's op record makes a retry apply once),
+// and settles each append from the script's reply.
 //
 // An append made while nothing waits and fewer than MAX_APPENDS_IN_FLIGHT
-// calls are on the wire is sent at once, alone (no latency added); otherwise
+// calls are under way is sent at once, alone (no latency added); otherwise
 // it waits in a queue (by thread, in call order) and goes in the next call
-// that the end of one on the wire lets out: up to MAX_BATCH_SLOTS slots and
-// MAX_BATCH_BYTES bytes, whole threads first, any threads of the tenant.
+// that the end of one under way lets out: up to MAX_BATCH_SLOTS slots and
+// MAX_BATCH_BYTES bytes, whole threads first, any threads of the tenant. A
+// call keeps its op number and its appends through its retries (a call being
+// retried counts as under way: appends made meanwhile queue up behind it).
 //
-// It owns the queue, the batching, the count of calls on the wire and the
-// drain on close. It must never send an append twice (no retry, no replay:
-// a lost reply rejects saying that the append may have been applied), never
-// reorder the appends of one thread, and never check arguments (the backend
-// does before it hands an append over).
+// It owns the queue, the batching, the calls under way and their retries,
+// and the drain on close. It must never send an append in two different
+// calls (an append belongs to one op), never reorder the appends of one
+// thread within a call, and never check arguments (the backend does before
+// it hands an append over).
 
 import { Buffer } from "node:buffer";
+import { quote } from "../_messages.ts";
 import { SlotLimitError, ThreadLimitError } from "../errors.ts";
-import type { RedisConnection } from "./_redis_connection.ts";
 import type { RedisKeys } from "./_redis_keys.ts";
-import type { ScriptClient } from "./_redis_scripts.ts";
+import { type RedisOps, Trail } from "./_redis_ops.ts";
+import type { AppendResult } from "./_redis_scripts.ts";
 
 /** Most append script calls of one backend on the wire at once. */
 const MAX_APPENDS_IN_FLIGHT = 2;
@@ -28,10 +33,8 @@ const MAX_BATCH_BYTES = 8 * 1024 * 1024;
 
 /** What a {@linkcode RedisAppender} needs: where and how to append. */
 export interface RedisAppenderOptions {
-  /** The connection the script calls go through (watched, failures worded). */
-  connection: RedisConnection;
-  /** {@linkcode connection}'s client, with the scripts defined on it. */
-  client: ScriptClient;
+  /** The calls go through it (retries, op records, WAIT). */
+  ops: RedisOps;
   /** The tenant's keys. */
   keys: RedisKeys;
   /** The backend's `ttlMs` (0: never expire). */
@@ -44,6 +47,10 @@ export interface RedisAppenderOptions {
 
 interface PendingAppend {
   slot: Buffer;
+  /** The caller's `appendId`, if any. */
+  appendId: string | undefined;
+  /** When the append was made (`performance.now()`): its deadline starts then. */
+  start: number;
   resolve: (index: number) => void;
   reject: (error: unknown) => void;
 }
@@ -53,8 +60,7 @@ type Batch = [threadId: string, appends: PendingAppend[]][];
 
 /** Sends a backend's appends, coalesced into append script calls. */
 export class RedisAppender {
-  readonly #connection: RedisConnection;
-  readonly #client: ScriptClient;
+  readonly #ops: RedisOps;
   readonly #keys: RedisKeys;
   readonly #maxSlotsPerThread: number;
   readonly #maxThreads: number;
@@ -63,16 +69,15 @@ export class RedisAppender {
   /** Appends not sent yet, by thread, in call order. */
   #queue = new Map<string, PendingAppend[]>();
   #flushScheduled = false;
-  /** Append script calls on the wire. */
+  /** Append script calls under way (on the wire, or waiting for a retry). */
   #inFlight = 0;
   /** Set by {@linkcode drain}: every queued append goes out at once. */
   #draining = false;
-  /** Called when no append is on the wire any more ({@linkcode drain} waits with it). */
+  /** Called when no call is under way any more ({@linkcode drain} waits with it). */
   #onDrained: (() => void) | undefined;
 
   constructor(options: RedisAppenderOptions) {
-    this.#connection = options.connection;
-    this.#client = options.client;
+    this.#ops = options.ops;
     this.#keys = options.keys;
     this.#maxSlotsPerThread = options.maxSlotsPerThread;
     this.#maxThreads = options.maxThreads;
@@ -85,22 +90,35 @@ export class RedisAppender {
    * before the call is sent) to `threadId`, whose arguments the caller has
    * checked.
    *
+   * @param appendId The caller's id for the append: an id already applied to
+   * the thread returns that slot's index and appends nothing.
    * @returns The slot's index.
    * @throws {SlotLimitError} The thread holds `maxSlotsPerThread` slots.
    * @throws {ThreadLimitError} The append would create a thread while
    * `maxThreads` live threads exist.
-   * @throws {BackendError} The call failed; when its reply was lost, the
-   * message says that it may have been applied.
+   * @throws {BackendError} The call failed for good (retries until
+   * `retryTimeoutMs` included): the message says whether it was applied,
+   * when that is known.
    */
-  append(threadId: string, slot: Uint8Array): Promise<number> {
+  append(
+    threadId: string,
+    slot: Uint8Array,
+    appendId?: string,
+  ): Promise<number> {
     return new Promise<number>((resolve, reject) => {
-      const pending = { slot: toBuffer(slot), resolve, reject };
+      const pending: PendingAppend = {
+        slot: toBuffer(slot),
+        appendId,
+        start: performance.now(),
+        resolve,
+        reject,
+      };
       if (this.#queue.size === 0 && this.#inFlight < MAX_APPENDS_IN_FLIGHT) {
         // Nothing is waiting: send it now, alone (no latency added).
         this.#send([[threadId, [pending]]]);
         return;
       }
-      // Calls are on the wire: wait for one of them, then go in the next batch.
+      // Calls are under way: wait for one of them, then go in the next batch.
       const queued = this.#queue.get(threadId);
       if (queued === undefined) this.#queue.set(threadId, [pending]);
       else queued.push(pending);
@@ -115,9 +133,9 @@ export class RedisAppender {
   }
 
   /**
-   * Sends every queued append at once (no limit on calls on the wire) and
-   * resolves when no append is on the wire any more. Call it once, when the
-   * backend closes and takes no more appends.
+   * Sends every queued append at once (no limit on calls under way) and
+   * resolves when no call is under way any more (retries included). Call it
+   * once, when the backend closes and takes no more appends.
    */
   drain(): Promise<void> {
     this.#draining = true;
@@ -127,8 +145,8 @@ export class RedisAppender {
   }
 
   /**
-   * Sends queued appends as script calls, while fewer than `limit` are on the
-   * wire. Each call takes whole threads from the front of the queue, up to
+   * Sends queued appends as script calls, while fewer than `limit` are under
+   * way. Each call takes whole threads from the front of the queue, up to
    * {@linkcode MAX_BATCH_SLOTS} slots and {@linkcode MAX_BATCH_BYTES} bytes.
    */
   #flush(limit: number): void {
@@ -160,63 +178,149 @@ export class RedisAppender {
     }
   }
 
-  /** Sends one append script call for a batch; settles every append in it. */
+  /** Starts one append script call for a batch; it settles every append in it. */
   #send(batch: Batch): void {
-    const args: (string | number | Buffer)[] = [batch.length + 1];
-    args.push(this.#keys.threads);
+    this.#inFlight++;
+    this.#run(batch).finally(() => this.#done());
+  }
+
+  /** Runs a batch's call, with its retries, and settles its appends. */
+  async #run(batch: Batch): Promise<void> {
+    const ops = this.#ops;
+    const seq = ops.begin();
+    let start = Infinity;
+    for (const [, queued] of batch) {
+      for (const pending of queued) start = Math.min(start, pending.start);
+    }
+    const deadline = ops.deadline(start);
+    const trail = new Trail();
+    const { args, header } = this.#args(batch);
+    try {
+      const reply = await ops.retry(
+        () => {
+          const attempt = args.slice();
+          attempt[header] = ops.header(seq);
+          return ops.call("xpSbAppend", attempt, deadline);
+        },
+        deadline,
+        trail,
+      );
+      if (reply === null) {
+        for (const [threadId, queued] of batch) {
+          const error = ops.stale(`Cannot append to thread ${quote(threadId)}`);
+          for (const pending of queued) pending.reject(error);
+        }
+      } else {
+        this.#settle(batch, reply);
+      }
+    } catch (error) {
+      this.#fail(batch, error, trail);
+    } finally {
+      ops.end(seq);
+    }
+  }
+
+  /**
+   * The append script's arguments for a batch (see APPEND in
+   * _redis_scripts.ts), and where its op header goes.
+   */
+  #args(batch: Batch): { args: (string | number | Buffer)[]; header: number } {
+    const args: (string | number | Buffer)[] = [
+      batch.length + 2,
+      this.#keys.threads,
+      this.#ops.records,
+    ];
     for (const [threadId] of batch) args.push(this.#keys.thread(threadId));
     args.push(this.#appendArgs);
-    if (batch.length > 1) {
-      for (const [, queued] of batch) args.push(String(queued.length));
-    }
+    const header = args.length;
+    args.push("");
+    const withIds: boolean[] = [];
     for (const [, queued] of batch) {
+      const ids = queued.some((pending) => pending.appendId !== undefined);
+      withIds.push(ids);
+      args.push(ids ? `${queued.length} i` : String(queued.length));
+    }
+    for (const [i, [, queued]] of batch.entries()) {
+      if (withIds[i]) {
+        for (const pending of queued) args.push(pending.appendId ?? "");
+      }
       for (const pending of queued) args.push(pending.slot);
     }
-    this.#inFlight++;
-    this.#connection.send(() => this.#client.xpSbAppend(...args)).then(
-      (reply) => {
-        this.#settle(batch, reply);
-        this.#done();
-      },
-      (error) => {
-        for (const [threadId, queued] of batch) {
-          const failure = this.#connection.failure(
-            `Cannot append to thread ${JSON.stringify(threadId)}`,
-            error,
-            true,
-          );
-          for (const pending of queued) pending.reject(failure);
-        }
-        this.#done();
-      },
-    );
+    return { args, header };
   }
 
   /** Settles the appends of a batch from the append script's reply. */
-  #settle(batch: Batch, reply: number | number[]): void {
+  #settle(batch: Batch, reply: AppendResult[]): void {
     for (let i = 0; i < batch.length; i++) {
       const [threadId, queued] = batch[i]!;
-      const result = typeof reply === "number" ? reply : reply[i]!;
-      if (result === -1) {
-        const error = new ThreadLimitError(threadId, this.#maxThreads);
-        for (const pending of queued) pending.reject(error);
-        continue;
-      }
-      // See the append script: r >= 0 all appended from r; r <= -2 only -r - 2.
-      const taken = result >= 0 ? queued.length : -result - 2;
-      const start = result >= 0 ? result : this.#maxSlotsPerThread - taken;
+      const outcomes = this.#outcomes(threadId, queued.length, reply[i]!);
       for (let k = 0; k < queued.length; k++) {
-        if (k < taken) queued[k]!.resolve(start + k);
-        else {
-          queued[k]!.reject(
-            new SlotLimitError(threadId, this.#maxSlotsPerThread),
+        const outcome = outcomes[k]!;
+        if (typeof outcome === "number") queued[k]!.resolve(outcome);
+        else queued[k]!.reject(outcome);
+      }
+    }
+  }
+
+  /** One thread's entry of the reply, as each of its appends' index or error. */
+  #outcomes(
+    threadId: string,
+    count: number,
+    result: AppendResult,
+  ): (number | Error)[] {
+    if (result === -1) {
+      return new Array(count).fill(
+        new ThreadLimitError(threadId, this.#maxThreads),
+      );
+    }
+    const full = () => new SlotLimitError(threadId, this.#maxSlotsPerThread);
+    if (Array.isArray(result)) {
+      // Slot by slot (append ids): an index, or -2 for a full thread.
+      return result.map((index) => index >= 0 ? index : full());
+    }
+    // r >= 0 all appended from r; r <= -2 only the first -r - 2.
+    const taken = result >= 0 ? count : -result - 2;
+    const start = result >= 0 ? result : this.#maxSlotsPerThread - taken;
+    return Array.from(
+      { length: count },
+      (_, k) => k < taken ? start + k : full(),
+    );
+  }
+
+  /** Rejects the appends of a batch whose call failed for good. */
+  #fail(batch: Batch, error: unknown, trail: Trail): void {
+    const applied = trail.unconfirmed?.reply as AppendResult[] | undefined;
+    for (const [i, [threadId, queued]] of batch.entries()) {
+      const action = `Cannot append to thread ${quote(threadId)}`;
+      // Applied but not confirmed by the replicas: each append's outcome is
+      // known (a limit refusal stands); the message names its index.
+      const outcomes = applied === undefined || applied[i] === undefined
+        ? undefined
+        : this.#outcomes(threadId, queued.length, applied[i]!);
+      let shared: Error | undefined;
+      for (const [k, pending] of queued.entries()) {
+        const outcome = outcomes?.[k];
+        if (outcome instanceof Error) {
+          pending.reject(outcome);
+        } else if (outcome !== undefined) {
+          pending.reject(
+            this.#ops.failure(
+              action,
+              error,
+              trail,
+              true,
+              `at index ${outcome}`,
+            ),
           );
+        } else {
+          shared ??= this.#ops.failure(action, error, trail, true);
+          pending.reject(shared);
         }
       }
     }
   }
 
-  /** A call left the wire: send what waits, and tell a drain when none is left. */
+  /** A call ended: send what waits, and tell a drain when none is under way. */
   #done(): void {
     this.#inFlight--;
     if (this.#queue.size > 0) {

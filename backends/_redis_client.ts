@@ -1,17 +1,19 @@
 // The part of the ioredis client API that the Redis backend uses, declared
-// here so that the backend's module graph holds no reference to ioredis, not
-// even a type-only one: `deno info mod.ts` does not list it, and nothing
-// downloads it until a Redis backend connects. `tests/redis_test.ts` checks
-// that a real ioredis `Redis` satisfies this interface.
+// here so that the backend's modules hold no type reference to ioredis: the
+// one reference is the literal dynamic `import("ioredis")` in
+// `_redis_connection.ts`, evaluated only when a backend connects.
+// `tests/redis_test.ts` checks that a real ioredis `Redis` satisfies this
+// interface.
 
 import type { Buffer } from "node:buffer";
 
-/**
- * The npm specifier the backend loads ioredis from, with a dynamic `import()`
- * when it connects. Keep it in step with the `"ioredis"` entry of
- * `deno.json` (tests and benchmarks import that one).
- */
-export const IOREDIS_SPECIFIER = "npm:ioredis@^6.0.0";
+/** A pipeline: commands queued, then sent together with `exec()`. */
+export interface RedisPipelineLike {
+  /** Queues `WAIT numreplicas timeout`. */
+  wait(replicas: number, timeoutMs: number): RedisPipelineLike;
+  /** Sends the queued commands; one `[error, reply]` per command. */
+  exec(): Promise<[Error | null, unknown][] | null>;
+}
 
 /** The ioredis `Redis` (or `Cluster`) methods and fields the backend calls. */
 export interface RedisClientLike {
@@ -22,6 +24,8 @@ export interface RedisClientLike {
   disconnect(reconnect?: boolean): void;
   on(event: string, listener: (...args: unknown[]) => void): unknown;
   once(event: string, listener: (...args: unknown[]) => void): unknown;
+  off(event: string, listener: (...args: unknown[]) => void): unknown;
+  pipeline(): RedisPipelineLike;
   defineCommand(
     name: string,
     definition: { lua: string; numberOfKeys?: number },
@@ -45,7 +49,7 @@ export interface RedisClientOptions {
   retryStrategy: (times: number) => number;
 }
 
-/** What `import(IOREDIS_SPECIFIER)` returns, as far as the backend uses it. */
+/** What `import("ioredis")` returns, as far as the backend uses it. */
 export interface IoredisModule {
   Redis: new (url: string, options: RedisClientOptions) => RedisClientLike;
 }

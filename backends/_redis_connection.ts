@@ -1,24 +1,26 @@
 // The connection of a Redis backend: opening it (or adopting a client the
-// caller passed in), watching it, wording its failures and ending it.
+// caller passed in), watching it, classifying and wording its failures, and
+// ending it.
 //
-// It owns the ioredis options that make the no-replay guarantee (no offline
-// queue, no resend of commands in flight, no retry per request), the checks
-// that refuse an injected client which would resend, the watchdog that cuts
-// a connection gone silent, and the endpoint's description in messages.
+// It owns the ioredis options of a connection it opens (no offline queue, no
+// resend of commands in flight, no retry per request: a failed command comes
+// back at once, and the backend's own retries, which know the deadline and
+// make every retry apply once, take over), the watchdog that cuts a
+// connection gone silent, what a failure means (sent or not, run or not), and
+// the endpoint's description in messages. It loads ioredis (a literal
+// dynamic import, evaluated only when a backend connects).
 //
-// It must never send a command twice (no retry, no replay: that is the
-// callers' decision, who know whether a command is idempotent), never know
-// the key layout or the scripts, never close a client it did not open, and
-// never put a password in a message.
+// It must never send a command twice (retrying is _redis_ops.ts's job),
+// never know the key layout or the scripts, never close a client it did not
+// open, and never put a password in a message.
 
 import { withTimeout } from "../_async.ts";
 import { errorMessage } from "../_messages.ts";
 import { BackendError } from "../errors.ts";
-import {
-  IOREDIS_SPECIFIER,
-  type IoredisModule,
-  type RedisClientLike,
-  type RedisClientOptions,
+import type {
+  IoredisModule,
+  RedisClientLike,
+  RedisClientOptions,
 } from "./_redis_client.ts";
 
 /** How long opening (or adopting) a connection waits for the server to answer. */
@@ -32,16 +34,17 @@ export const SOCKET_TIMEOUT_MS = 4_000;
 const CLOSE_TIMEOUT_MS = 2_000;
 
 /**
- * The ioredis options of a connection opened here. The ones that make the
- * no-replay guarantee: no offline queue (a call made while disconnected
- * rejects at once, nothing sent), no resending of commands in flight when
- * the connection drops, no retry per request.
+ * The ioredis options of a connection opened here: no offline queue (a call
+ * made while disconnected fails at once, nothing sent), no resending of
+ * commands in flight when the connection drops, no retry per request. The
+ * backend retries itself, until its deadline, waking up as soon as the
+ * connection is ready again ({@linkcode RedisConnection.whenReady}).
  */
 const CLIENT_OPTIONS: RedisClientOptions = {
   // No `socketTimeout`: the connection's own watchdog (see #watch) does that
   // job with one timer per connection instead of one per round trip.
-  // RESP2: our scripts reply with integers, strings and flat arrays, the same
-  // in RESP2 and RESP3; RESP2 saves the HELLO handshake and works through
+  // RESP2: our scripts reply with integers, strings and arrays, the same in
+  // RESP2 and RESP3; RESP2 saves the HELLO handshake and works through
   // proxies that refuse HELLO. Pinned so that an ioredis upgrade cannot
   // change the wire protocol under us.
   protocol: 2,
@@ -50,28 +53,51 @@ const CLIENT_OPTIONS: RedisClientOptions = {
   autoResendUnfulfilledCommands: false,
   maxRetriesPerRequest: 0,
   connectTimeout: CONNECT_TIMEOUT_MS,
-  retryStrategy: (times: number) => Math.min(100 * times, 1_000),
+  // Reconnect fast (a restarted server is back within a second or so): 50,
+  // 100, 150 ... ms, at most 500 ms between attempts.
+  retryStrategy: (times: number) => Math.min(50 * times, 500),
 };
 
 /**
  * What became of a command that failed, as far as the client's error tells:
  *
- * - `"unsent"`: the connection was down and nothing was sent (ioredis keeps
- *   no offline queue here);
+ * - `"unsent"`: the connection was down and nothing was sent (no offline
+ *   queue here, or a Cluster that is not ready);
+ * - `"refused"`: the server replied with an error that means it did not run
+ *   the command and may run it later (`MOVED`, `ASK`, `TRYAGAIN`,
+ *   `CLUSTERDOWN`, `READONLY` of a demoted master, `LOADING` after a
+ *   restart, `MASTERDOWN`, `BUSY`);
  * - `"lost"`: the command was written but its reply never came (the
  *   connection dropped or went silent): the server may or may not have run
  *   it;
- * - `"failed"`: the server replied with an error.
+ * - `"failed"`: the server replied with another error (retrying would not
+ *   help).
  */
-export type FailureKind = "unsent" | "lost" | "failed";
+export type FailureKind = "unsent" | "refused" | "lost" | "failed";
+
+/** Replies of a server that did not run the command, and may later. */
+const REFUSED =
+  /^(?:ReplyError: )?(?:MOVED|ASK|TRYAGAIN|CLUSTERDOWN|READONLY|LOADING|MASTERDOWN|BUSY|NOREPLICAS)\b/;
 
 /** Classifies a command's failure by the client's error (see {@linkcode FailureKind}). */
 export function failureKind(error: unknown): FailureKind {
-  const message = errorMessage(error);
-  // ioredis refused to send: the connection is down and we keep no offline queue.
-  if (/enableOfflineQueue/.test(message)) return "unsent";
+  let message = errorMessage(error);
+  // ioredis' Cluster gave up redirecting: what matters is its last error.
+  const last = /^Too many Cluster redirections\. Last error: (.*)$/s.exec(
+    message,
+  );
+  if (last) message = last[1]!;
+  if (REFUSED.test(message)) return "refused";
+  // ioredis refused to send: the connection is down and there is no offline
+  // queue, or a Cluster has no node to send it to yet.
   if (
-    /max retries per request|Connection is closed|Socket timeout|no reply|aborted|ECONNRESET|EPIPE|ETIMEDOUT|closed/i
+    /enableOfflineQueue|isn't ready|None of startup nodes is available|Failed to refresh slots cache/
+      .test(message)
+  ) {
+    return "unsent";
+  }
+  if (
+    /max retries per request|Connection is closed|Socket timeout|no reply|aborted|ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|closed|ended/i
       .test(message)
   ) {
     return "lost";
@@ -134,10 +160,7 @@ export class RedisConnection {
    */
   static async open(url: string): Promise<RedisConnection> {
     const endpoint = describeUrl(url);
-    // A specifier in a variable: not part of the module graph, so importing this
-    // module never loads (or lists) ioredis; it loads when a backend connects.
-    const specifier: string = IOREDIS_SPECIFIER;
-    const { Redis } = await import(specifier) as IoredisModule;
+    const { Redis } = await loadIoredis();
     const client = new Redis(url, CLIENT_OPTIONS);
     let lastError: Error | undefined;
     // Without a listener ioredis prints every connection error; calls report them instead.
@@ -165,8 +188,7 @@ export class RedisConnection {
    * Adopts a client the caller passed in (`redisClient`) once it answers
    * `PING`. `close()` leaves it open: the caller owns it.
    *
-   * @throws {TypeError} `value` is not an ioredis client, or it would resend
-   * a command whose reply was lost.
+   * @throws {TypeError} `value` is not an ioredis client.
    * @throws {BackendError} It does not answer within
    * {@linkcode CONNECT_TIMEOUT_MS}, or fails.
    */
@@ -203,30 +225,42 @@ export class RedisConnection {
   }
 
   /**
-   * The error a caller throws for a failed command: `action` (what failed,
-   * "Cannot ...") and what became of it (see {@linkcode failureKind}). For a
-   * `mutation` whose reply was lost, it says that it may have been applied.
+   * What became of a failed command, in words for a message (host and port,
+   * never the password): "not connected to Redis at h:p", "Redis at h:p
+   * refused it: MOVED ...", "the connection to Redis at h:p was lost before
+   * the reply", "Redis at h:p failed: ...".
    */
-  failure(action: string, error: unknown, mutation: boolean): BackendError {
-    let state: string;
+  state(error: unknown): string {
     switch (failureKind(error)) {
       case "unsent":
-        state =
-          `not connected to Redis at ${this.endpoint} (it reconnects by itself); nothing was sent`;
-        break;
+        return `not connected to Redis at ${this.endpoint}`;
+      case "refused":
+        return `Redis at ${this.endpoint} refused it: ${errorMessage(error)}`;
       case "lost":
-        state =
-          `the connection to Redis at ${this.endpoint} was lost before the reply${
-            mutation
-              ? "; it may or may not have been applied, and it is not retried"
-              : ""
-          }`;
-        break;
+        return `the connection to Redis at ${this.endpoint} was lost before the reply`;
       case "failed":
-        state = `Redis at ${this.endpoint} failed: ${errorMessage(error)}`;
-        break;
+        return `Redis at ${this.endpoint} failed: ${errorMessage(error)}`;
     }
-    return new BackendError(`${action}: ${state}`, { cause: error });
+  }
+
+  /**
+   * Resolves when the client is ready (at once if it is), or after `ms`:
+   * what a retry waits for after a failure, so that it goes out as soon as
+   * the connection is back.
+   */
+  whenReady(ms: number): Promise<void> {
+    if (this.client.status === "ready" || ms <= 0) {
+      return new Promise((resolve) => setTimeout(resolve, Math.max(ms, 0)));
+    }
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.client.off("ready", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.client.once("ready", done);
+    });
   }
 
   /**
@@ -320,6 +354,34 @@ export class RedisConnection {
   };
 }
 
+/**
+ * Loads ioredis. The import names its module literally (the `"ioredis"`
+ * entry of deno.json's import map holds the version, in one place), so
+ * Deno Deploy, `deno install`, lockfiles, `deno compile` and JSR see it; a
+ * dynamic import, so it is evaluated only here, when a backend connects:
+ * importing `mod.ts` evaluates no ioredis code.
+ *
+ * @throws {BackendError} ioredis cannot load: without `--allow-env` (its
+ * dependency `debug` reads the whole environment when it loads) the message
+ * names the flag to add.
+ */
+export async function loadIoredis(): Promise<IoredisModule> {
+  try {
+    return await import("ioredis") as unknown as IoredisModule;
+  } catch (error) {
+    const denied = error instanceof Error &&
+      (error.name === "NotCapable" || error.name === "PermissionDenied");
+    const flag = /--allow-[a-z-]+/.exec(errorMessage(error))?.[0] ??
+      "--allow-env";
+    throw new BackendError(
+      denied
+        ? `Cannot load ioredis for the Redis backend: it needs ${flag} (its dependency debug reads the environment when it loads); run Deno with ${flag}`
+        : `Cannot load ioredis for the Redis backend: ${errorMessage(error)}`,
+      { cause: error },
+    );
+  }
+}
+
 /** Ends a connection opened here: QUIT (when `graceful`), then wait for the socket's end. */
 async function endConnection(
   client: RedisClientLike,
@@ -349,36 +411,22 @@ async function endConnection(
   await withTimeout(ended, CLOSE_TIMEOUT_MS, cut);
 }
 
-/** The caller's `redisClient`, if it is an ioredis client that never resends a command. */
+/**
+ * The caller's `redisClient`, if it is an ioredis client. Any options are
+ * fine: ioredis' offline queue, its resends after a reconnect and a
+ * Cluster's resends after a failover only repeat calls that the scripts'
+ * op records make apply once.
+ */
 function checkClient(value: unknown): RedisClientLike {
-  const client = value as Partial<RedisClientLike> & {
-    options?: Record<string, unknown> & {
-      redisOptions?: Record<string, unknown>;
-    };
-  };
+  const client = value as Partial<RedisClientLike> | null;
   if (
-    typeof value !== "object" || typeof client.defineCommand !== "function" ||
-    typeof client.lrangeBuffer !== "function"
+    typeof value !== "object" || client === null ||
+    typeof client.defineCommand !== "function" ||
+    typeof client.lrangeBuffer !== "function" ||
+    typeof client.pipeline !== "function"
   ) {
     throw new TypeError(
       "Invalid redisClient: expected an ioredis Redis or Cluster client",
-    );
-  }
-  const options = client.options?.redisOptions ?? client.options ?? {};
-  if (options.autoResendUnfulfilledCommands !== false) {
-    throw new TypeError(
-      "Invalid redisClient: it resends commands in flight after a reconnect, which could apply an append twice; create it with { autoResendUnfulfilledCommands: false }",
-    );
-  }
-  // A Cluster sends a command again, after `retryDelayOnFailover` ms, when
-  // its node's connection closed before the reply ("Connection is closed."):
-  // the server may have run it already. (MOVED, ASK, TRYAGAIN and CLUSTERDOWN
-  // replies, which it also retries, mean that the command did not run.)
-  if (
-    (client.options?.retryDelayOnFailover as number | undefined ?? 0) > 0
-  ) {
-    throw new TypeError(
-      "Invalid redisClient: this Cluster resends a command whose connection closed before the reply (retryDelayOnFailover), which could apply an append twice; create it with { retryDelayOnFailover: 0, redisOptions: { autoResendUnfulfilledCommands: false } }",
     );
   }
   return value as RedisClientLike;

@@ -16,14 +16,31 @@
 //
 //   T + ":t:" + threadId   list    the thread's slots, in index order;
 //                                  PEXPIRE ttlMs at every append (sliding)
+//   T + ":i:" + threadId   hash    the thread's append ids: appendId ->
+//                                  index; same TTL as the list (every
+//                                  append sets both), deleted with it, and
+//                                  deleted when the thread is created anew
 //   T + ":threads"         zset    thread index: member threadId, score a
 //                                  lower bound of its expiry in server ms
-//                                  ("+inf" when ttlMs = 0), set when the
-//                                  thread is created and corrected from the
-//                                  list's PTTL when it comes due; no TTL of
-//                                  its own: due entries of expired threads
-//                                  are removed by the next list, stats or
-//                                  thread creation (an empty zset is deleted)
+//                                  ("+inf" while the list is persistent),
+//                                  set when the thread is created, lowered
+//                                  by an append that shortens the list's TTL
+//                                  (backends with another ttlMs on the
+//                                  prefix), corrected from the list's PTTL
+//                                  when it comes due; its own TTL follows
+//                                  its longest-lived thread (every append
+//                                  extends it to at least ttlMs; none while
+//                                  a persistent thread is listed): due
+//                                  entries are removed by the next list,
+//                                  stats or thread creation, and the whole
+//                                  index expires with its last thread
+//   T + ":p:" + producer   hash    the op records of one backend instance
+//                                  (its producer id): op sequence number ->
+//                                  the op's reply, and "f" -> the floor (ops
+//                                  below it are settled); what makes a
+//                                  retried script call apply once (see OPS in
+//                                  _redis_scripts.ts); PEXPIRE retryTimeoutMs
+//                                  + 60 s at every write
 //   T + ":c:" + chain      string  the chain's uuid  } both PEXPIREAT =
 //   T + ":u:" + uuid       string  the uuid's chain  } last write + ttlMs
 //   T + ":reg"             zset    registry index: member uuid, score its
@@ -31,11 +48,13 @@
 //                                  PEXPIREAT = its highest score (none
 //                                  while it holds a persistent pair)
 //
-// The append script derives the thread key prefix from the index key
-// (T + ":threads" -> T + ":t:"): change both together.
+// The scripts derive the tag from the index key (T + ":threads" -> T), and
+// from it the thread, id and channel keys of a thread id: change them
+// together.
 //
-// The suffixes ":t:", ":threads", ":c:", ":u:", ":reg" are prefix-free
-// among themselves (":t:" vs ":threads" differ at the third character), so
+// The suffixes ":t:", ":i:", ":threads", ":c:", ":u:", ":reg", ":p:" (and
+// ":w:" of channels) are prefix-free among themselves (":t:" vs ":threads"
+// differ at the third character), so
 // kinds never collide within a tenant either. Nothing is ever found by
 // pattern: listing, counting and clearing go through the two indexes (no
 // KEYS, no SCAN).
@@ -56,6 +75,10 @@ export interface RedisKeys {
   readonly uuidPrefix: string;
   /** The list key of a thread. */
   thread(threadId: string): string;
+  /** The hash of a thread's append ids (appendId -> index). */
+  ids(threadId: string): string;
+  /** The op records of a backend instance (its producer id). */
+  records(producer: string): string;
   /** The key holding a chain's uuid. */
   chain(chain: string): string;
   /** The key holding a uuid's chain. */
@@ -84,6 +107,8 @@ export function redisKeys(prefix: string): RedisKeys {
     chainPrefix,
     uuidPrefix,
     thread: (threadId) => threadPrefix + threadId,
+    ids: (threadId) => `${tag}:i:${threadId}`,
+    records: (producer) => `${tag}:p:${producer}`,
     chain: (chain) => chainPrefix + chain,
     uuid: (uuid) => uuidPrefix + uuid,
   };

@@ -11,10 +11,15 @@
 // Threads expire by Redis' own expiry of their list (sliding PEXPIRE); the
 // thread index only needs a lower bound of each expiry (see PRUNE). Registry
 // pairs get one absolute expiry for both keys and the index entry
-// (SET ... PXAT, PEXPIREAT). Needs Redis >= 6.2 (PXAT).
+// (SET ... PXAT, PEXPIREAT). Needs Redis >= 6.2 (PXAT, ZADD LT).
 //
-// Replies are integers, bulk strings and flat arrays only: the same under
-// RESP2 and RESP3.
+// Every mutation a caller may retry (appends, deletions, clears, registry
+// writes) records its reply under the op's number (see OPS), in the same
+// atomic step as its writes: a retried call (a lost reply, a failover, a
+// client that resends) returns the recorded reply and writes nothing again.
+//
+// Replies are integers, bulk strings and arrays of them (nested one level in
+// the append's reply): the same under RESP2 and RESP3.
 
 import type { RedisClientLike } from "./_redis_client.ts";
 
@@ -27,12 +32,63 @@ end
 `;
 
 /**
+ * Op records: what makes a retried script call apply once. Each backend
+ * instance (a producer, with its own id) numbers its mutations (ops); a
+ * mutation script records its reply under the op's number in the producer's
+ * hash (T:p:<producer>), in the same atomic step as its writes, and a call
+ * whose op is recorded returns the recorded reply instead of running again.
+ *
+ * The header (one ARGV) is "" (no record: the backend does not retry) or
+ * "seq floor keepMs ack ack ...": `seq` the op's number; `floor` the lowest
+ * op of the producer still awaiting its outcome (every op below it is
+ * settled: answered, or given up); `keepMs` the hash's TTL, refreshed at
+ * every write; the acks, ops below the floor whose records are no longer
+ * needed. The hash keeps "f" = the highest floor seen: a call of an op below
+ * it (a copy that reached the server late, after its op was settled and its
+ * record dropped) is stale and does nothing (reply nil). A replayed op still
+ * writes "f", so that a WAIT after it waits for what it replays.
+ */
+const OPS = `
+local function op_begin(records, header)
+  if header == '' then return nil end
+  local seq, floor, keep, acks = string.match(header, '^(%d+) (%d+) (%d+)(.*)$')
+  local got = redis.call('HMGET', records, 'f', seq)
+  local op = { seq = seq, floor = tonumber(floor), keep = keep, acks = acks }
+  local stored = tonumber(got[1])
+  if stored and stored > op.floor then op.floor = stored end
+  if got[2] then
+    op.done = true
+    op.replay = cmsgpack.unpack(got[2])
+  elseif stored and tonumber(seq) < stored then
+    op.done = true
+    op.stale = true
+  end
+  return op
+end
+
+local function op_end(records, op, reply)
+  if not op then return reply end
+  if op.stale then return false end
+  if op.replay then
+    redis.call('HSET', records, 'f', op.floor)
+  else
+    redis.call('HSET', records, op.seq, cmsgpack.pack(reply), 'f', op.floor)
+  end
+  local acks = {}
+  for ack in string.gmatch(op.acks, '%d+') do acks[#acks + 1] = ack end
+  if #acks > 0 then redis.call('HDEL', records, unpack(acks)) end
+  redis.call('PEXPIRE', records, op.keep)
+  return reply
+end
+`;
+
+/**
  * Prunes the thread index: entries whose score (a lower bound of the thread's
  * expiry: 100 ms early, because TIME runs ahead of the time a script's
  * PEXPIRE counts from by the script's run time) has passed are checked
  * against their list's real TTL: re-scored if the list lives on (it was
- * appended to since), removed if it expired. O(1) when nothing is due.
- * `prefix` is the thread key prefix.
+ * appended to since), removed (with the thread's ids) if it expired. O(1)
+ * when nothing is due. `prefix` is the thread key prefix T:t:.
  */
 const PRUNE = `
 local function prune(index, prefix, now)
@@ -41,12 +97,36 @@ local function prune(index, prefix, now)
     local pttl = redis.call('PTTL', prefix .. due[i])
     if pttl == -2 then
       redis.call('ZREM', index, due[i])
+      redis.call('DEL', string.sub(prefix, 1, -4) .. ':i:' .. due[i])
     elseif pttl == -1 then
       redis.call('ZADD', index, '+inf', due[i])
+      redis.call('PERSIST', index)
     else
       redis.call('ZADD', index, now + pttl - 100, due[i])
     end
   end
+end
+`;
+
+/**
+ * The thread index's own TTL when it has none: it stays persistent while it
+ * lists a persistent thread (score +inf), else it gets the TTL of its
+ * longest-lived thread, at least `least` ms (one pass over its entries, run
+ * once: afterwards appends only extend the TTL).
+ */
+const SETTLE_INDEX = `
+local function settle_index(index, prefix, least)
+  if #redis.call('ZRANGEBYSCORE', index, '+inf', '+inf', 'LIMIT', 0, 1) > 0 then
+    return
+  end
+  local longest = least
+  local ids = redis.call('ZRANGE', index, 0, -1)
+  for i = 1, #ids do
+    local pttl = redis.call('PTTL', prefix .. ids[i])
+    if pttl == -1 then return end
+    if pttl > longest then longest = pttl end
+  end
+  if #ids > 0 then redis.call('PEXPIRE', index, longest) end
 end
 `;
 
@@ -66,87 +146,154 @@ end
 `;
 
 /**
- * Appends slots to one or more threads of a tenant, checking the limits.
+ * Appends slots to one or more threads of a tenant, checking the limits and
+ * the append ids.
  *
- * KEYS[1] the thread index; KEYS[2..n+1] the threads' lists (distinct).
- * ARGV[1] "ttlMs maxSlotsPerThread maxThreads" (one argument: fewer to encode
- * on the hot path); for n = 1, ARGV[2..] are the slots; for n > 1,
- * ARGV[2..n+1] the number of slots of each thread, then every slot, thread
- * after thread. The thread key prefix (the index member is the key without
- * it) is derived from KEYS[1]: `T:threads` -> `T:t:` (see _redis_keys.ts).
+ * KEYS[1] the thread index `T:threads`, KEYS[2] the backend's op records
+ * (see OPS), KEYS[3..n+2] the threads' lists (distinct). ARGV[1] "ttlMs
+ * maxSlotsPerThread maxThreads" (one argument: fewer to encode on the hot
+ * path); ARGV[2] the op header (see OPS); ARGV[3..n+2] each thread's number
+ * of slots, "c", or "c i" when append ids come with them; then, thread after
+ * thread, its c append ids when it has them ("" for a slot without one) and
+ * its c slots. The tag T (and so each thread's id, id hash T:i:<id> and
+ * channel) is derived from KEYS[1] (see _redis_keys.ts).
  *
- * Returns one integer per thread (a bare integer when n = 1, else an array):
+ * Returns one entry per thread. For a thread without append ids an integer:
  * r >= 0: all its slots were appended, the first at index r; r = -1: the
  * thread is new and maxThreads live threads exist, nothing appended;
  * r <= -2: maxSlotsPerThread was reached after -r - 2 slots were appended
- * (the first at maxSlotsPerThread - (-r - 2)). Nothing is written for what
- * was refused. A thread that got slots has its list's TTL reset to
- * ttlMs (sliding), or removed with ttlMs = 0 (the last writer's TTL holds).
+ * (the first at maxSlotsPerThread - (-r - 2)). For a thread with append ids
+ * -1 as above, or an array of one integer per slot: its index (an id already
+ * applied to the thread, or earlier in this call, gives that slot's index and
+ * appends nothing), or -2 (maxSlotsPerThread reached). Nothing is written for
+ * what was refused, and a refused id is not recorded. A thread that got
+ * slots has its list's and its ids' TTL reset to ttlMs (sliding), or removed
+ * with ttlMs = 0 (the last writer's TTL holds); a thread created anew drops
+ * the ids of a former one.
  *
- * The hot path, an append to an existing thread, is LLEN, RPUSH, PEXPIRE
- * (and PTTL with ttlMs > 0: a persistent list, left by a backend with
- * ttlMs 0 on the same prefix, gets its index score back from +inf):
- * the index is written only when a thread is created (score: its first
- * expiry, a lower bound that PRUNE corrects), and server time is read only
- * then.
+ * The hot path, an append to an existing thread, is LLEN, RPUSH, PTTL,
+ * PEXPIRE of the list and of its ids, and PTTL/PEXPIRE of the index (so that
+ * it lives as long as its longest-lived thread), plus the op record: server
+ * time is read, and the thread's index entry written, only when a thread is
+ * created or its TTL shortened (a backend with a longer ttlMs, or ttlMs 0,
+ * wrote it before: its index score is lowered, so that it is unlisted and
+ * uncounted once it expires).
  */
-const APPEND = `${NOW}${PRUNE}${ANNOUNCE}
-local index = KEYS[1]
+const APPEND = `${NOW}${OPS}${PRUNE}${SETTLE_INDEX}${ANNOUNCE}
+local index, records = KEYS[1], KEYS[2]
 local ttl, max_slots, max_threads = string.match(ARGV[1], '^(%d+) (%d+) (%d+)$')
 ttl, max_slots, max_threads = tonumber(ttl), tonumber(max_slots), tonumber(max_threads)
-local n = #KEYS - 1
+local op = op_begin(records, ARGV[2])
+if op and op.done then return op_end(records, op, op.replay) end
+local tag = string.sub(index, 1, -9)
+local prefix = tag .. ':t:'
+local n = #KEYS - 2
 local now = nil
-local prefix = nil
+local pruned = false
+local appended = false
 local out = {}
-local pos = 2
-if n > 1 then pos = 2 + n end
+local pos = n + 3
 for i = 1, n do
-  local key = KEYS[i + 1]
-  local count = #ARGV - 1
-  if n > 1 then count = tonumber(ARGV[1 + i]) end
+  local key = KEYS[i + 2]
+  local id = string.sub(key, #prefix + 1)
+  local ids_key = tag .. ':i:' .. id
+  local count, with_ids = string.match(ARGV[i + 2], '^(%d+)( ?i?)$')
+  count = tonumber(count)
+  local ids_at = nil
+  if with_ids ~= '' then
+    ids_at = pos
+    pos = pos + count
+  end
   local len = redis.call('LLEN', key)
-  -- Never negative: a thread may hold more than this backend's
-  -- max_slots (written by a backend with a higher limit): that is full.
-  local take = math.max(math.min(count, max_slots - len), 0)
+  local take, result, push, fresh
+  if ids_at then
+    -- Slot by slot: an id already applied gives its index; the others are
+    -- appended while there is room.
+    local stored = {}
+    if len > 0 then
+      stored = redis.call('HMGET', ids_key, unpack(ARGV, ids_at, ids_at + count - 1))
+    end
+    local seen = {}
+    result, push, fresh = {}, {}, {}
+    for k = 1, count do
+      local append_id = ARGV[ids_at + k - 1]
+      local at = nil
+      if append_id ~= '' then at = seen[append_id] or tonumber(stored[k]) end
+      if at then
+        result[k] = at
+      elseif len + #push < max_slots then
+        result[k] = len + #push
+        push[#push + 1] = ARGV[pos + k - 1]
+        if append_id ~= '' then
+          seen[append_id] = result[k]
+          fresh[#fresh + 1] = append_id
+          fresh[#fresh + 1] = result[k]
+        end
+      else
+        result[k] = -2
+      end
+    end
+    take = #push
+  else
+    -- Never negative: a thread may hold more than this backend's
+    -- max_slots (written by a backend with a higher limit): that is full.
+    take = math.max(math.min(count, max_slots - len), 0)
+  end
   local refused = false
   if take > 0 and len == 0 then
-    if not now then
-      now = now_ms()
-      prefix = string.sub(index, 1, -9) .. ':t:'
+    if not pruned then
+      now = now or now_ms()
       prune(index, prefix, now)
+      pruned = true
     end
-    local member = string.sub(key, #prefix + 1)
     if redis.call('ZCARD', index) >= max_threads
-      and not redis.call('ZSCORE', index, member) then
+      and not redis.call('ZSCORE', index, id) then
       take = 0
       refused = true
-    elseif ttl > 0 then
-      redis.call('ZADD', index, now + ttl - 100, member)
     else
-      redis.call('ZADD', index, '+inf', member)
+      if ttl > 0 then
+        redis.call('ZADD', index, now + ttl - 100, id)
+      else
+        redis.call('ZADD', index, '+inf', id)
+      end
+      -- The ids of a former thread of this id (its hash may outlive its
+      -- list by a moment).
+      redis.call('DEL', ids_key)
     end
   end
   if take > 0 then
-    redis.call('RPUSH', key, unpack(ARGV, pos, pos + take - 1))
+    if push then
+      redis.call('RPUSH', key, unpack(push))
+      if #fresh > 0 then redis.call('HSET', ids_key, unpack(fresh)) end
+    else
+      redis.call('RPUSH', key, unpack(ARGV, pos, pos + take - 1))
+    end
+    appended = true
     if ttl > 0 then
-      if len > 0 and redis.call('PTTL', key) == -1 then
-        -- Persistent (a backend with ttlMs 0 wrote it), so its index score
-        -- is +inf, which no prune would ever check: it expires now.
-        if not now then
-          now = now_ms()
-          prefix = string.sub(index, 1, -9) .. ':t:'
+      if len > 0 then
+        local left = redis.call('PTTL', key)
+        if left == -1 or left > ttl then
+          -- This append shortens the thread's life: its index score (a lower
+          -- bound of its expiry) comes down with it.
+          now = now or now_ms()
+          redis.call('ZADD', index, 'LT', now + ttl - 100, id)
         end
-        redis.call('ZADD', index, now + ttl - 100, string.sub(key, #prefix + 1))
       end
       redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIRE', ids_key, ttl)
     else
+      if len > 0 and redis.call('PTTL', key) ~= -1 then
+        redis.call('ZADD', index, '+inf', id)
+      end
       redis.call('PERSIST', key)
+      redis.call('PERSIST', ids_key)
     end
-    announce(index, string.sub(key, #index - 4),
-      string.format('%d %d %d', len, len + take, ttl))
+    announce(index, id, string.format('%d %d %d', len, len + take, ttl))
   end
   if refused then
     out[i] = -1
+  elseif ids_at then
+    out[i] = result
   elseif take == count then
     out[i] = len
   else
@@ -154,20 +301,37 @@ for i = 1, n do
   end
   pos = pos + count
 end
-if n == 1 then return out[1] end
-return out
+if appended then
+  -- The index lives as long as its longest-lived thread.
+  if ttl > 0 then
+    local left = redis.call('PTTL', index)
+    if left == -1 then
+      settle_index(index, prefix, ttl)
+    elseif left >= 0 and left < ttl then
+      redis.call('PEXPIRE', index, ttl)
+    end
+  else
+    redis.call('PERSIST', index)
+  end
+end
+return op_end(records, op, out)
 `;
 
 /**
- * Deletes a thread (announced "gone" if it existed). KEYS[1] the thread
- * index, KEYS[2] the list; ARGV[1] the thread id. Returns 1 if the thread
- * existed.
+ * Deletes a thread and its ids (announced "gone" if it existed). KEYS[1]
+ * the thread index, KEYS[2] the list, KEYS[3] the op records; ARGV[1] the
+ * thread id, ARGV[2] the op header. Returns 1 if the thread existed.
  */
-const DELETE_THREAD = `${ANNOUNCE}
+const DELETE_THREAD = `${OPS}${SETTLE_INDEX}${ANNOUNCE}
+local op = op_begin(KEYS[3], ARGV[2])
+if op and op.done then return op_end(KEYS[3], op, op.replay) end
+local tag = string.sub(KEYS[1], 1, -9)
 local existed = redis.call('DEL', KEYS[2])
+redis.call('DEL', tag .. ':i:' .. ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 if existed == 1 then announce(KEYS[1], ARGV[1], 'gone') end
-return existed
+if redis.call('PTTL', KEYS[1]) == -1 then settle_index(KEYS[1], tag .. ':t:', 1) end
+return op_end(KEYS[3], op, existed)
 `;
 
 /**
@@ -181,24 +345,29 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 `;
 
 /**
- * Deletes every thread of the tenant (each announced "gone"). KEYS[1] the
- * thread index; ARGV[1] the thread key prefix. Returns the number of ids
+ * Deletes every thread of the tenant, with their ids (each announced
+ * "gone"). KEYS[1] the thread index, KEYS[2] the op records; ARGV[1] the
+ * thread key prefix, ARGV[2] the op header. Returns the number of ids
  * deleted.
  */
-const CLEAR_THREADS = `${ANNOUNCE}
+const CLEAR_THREADS = `${OPS}${ANNOUNCE}
+local op = op_begin(KEYS[2], ARGV[2])
+if op and op.done then return op_end(KEYS[2], op, op.replay) end
+local ids_prefix = string.sub(KEYS[1], 1, -9) .. ':i:'
 local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
 local batch = {}
 for i = 1, #ids do
   announce(KEYS[1], ids[i], 'gone')
   batch[#batch + 1] = ARGV[1] .. ids[i]
-  if #batch == 500 then
+  batch[#batch + 1] = ids_prefix .. ids[i]
+  if #batch >= 500 then
     redis.call('UNLINK', unpack(batch))
     batch = {}
   end
 end
 if #batch > 0 then redis.call('UNLINK', unpack(batch)) end
 redis.call('DEL', KEYS[1])
-return #ids
+return op_end(KEYS[2], op, #ids)
 `;
 
 /**
@@ -218,8 +387,26 @@ end
 return { #ids, slots, redis.call('ZCARD', KEYS[2]) }
 `;
 
+/**
+ * The registry index's own TTL: it lives as long as its longest-lived pair
+ * (backends with another ttlMs may share the prefix, so the last write's
+ * expiry is not always the latest), persistent while it holds a persistent
+ * pair.
+ */
+const SETTLE_REGISTRY = `
+local function settle_registry(index)
+  local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')[2]
+  if not last then return end
+  if last == 'inf' then
+    redis.call('PERSIST', index)
+  else
+    redis.call('PEXPIREAT', index, string.format('%d', tonumber(last)))
+  end
+end
+`;
+
 /** Shared body of registrySet and registrySetIfAbsent: maps ARGV[2] <-> ARGV[3]. */
-const MAP_PAIR = `${NOW}
+const MAP_PAIR = `${NOW}${OPS}${SETTLE_REGISTRY}
 local function map_pair()
   local ttl = tonumber(ARGV[1])
   local chain, uuid = ARGV[2], ARGV[3]
@@ -242,26 +429,22 @@ local function map_pair()
     redis.call('SET', KEYS[3], chain)
     redis.call('ZADD', KEYS[1], '+inf', uuid)
   end
-  -- The index lives as long as its longest-lived pair: backends with another
-  -- ttlMs may share the prefix, so this write's expiry is not always the latest.
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
-  if last == 'inf' then
-    redis.call('PERSIST', KEYS[1])
-  else
-    redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last)))
-  end
+  settle_registry(KEYS[1])
 end
 `;
 
 /**
  * Maps a chain to a uuid both ways, unmapping their former partners.
  * KEYS[1] the registry index, KEYS[2] the chain's key, KEYS[3] the uuid's
- * key; ARGV[1] ttlMs, ARGV[2] chain, ARGV[3] uuid, ARGV[4] the chain key
- * prefix, ARGV[5] the uuid key prefix. Returns 1.
+ * key, KEYS[4] the op records; ARGV[1] ttlMs, ARGV[2] chain, ARGV[3] uuid,
+ * ARGV[4] the chain key prefix, ARGV[5] the uuid key prefix, ARGV[6] the op
+ * header. Returns 1.
  */
 const REGISTRY_SET = `${MAP_PAIR}
+local op = op_begin(KEYS[4], ARGV[6])
+if op and op.done then return op_end(KEYS[4], op, op.replay) end
 map_pair()
-return 1
+return op_end(KEYS[4], op, 1)
 `;
 
 /**
@@ -269,22 +452,54 @@ return 1
  * maps to afterwards.
  */
 const REGISTRY_SET_IF_ABSENT = `${MAP_PAIR}
+local op = op_begin(KEYS[4], ARGV[6])
+if op and op.done then return op_end(KEYS[4], op, op.replay) end
 local current = redis.call('GET', KEYS[2])
-if current then return current end
+if current then return op_end(KEYS[4], op, current) end
 map_pair()
-return ARGV[3]
+return op_end(KEYS[4], op, ARGV[3])
 `;
 
 /**
- * Removes a uuid's pair. KEYS[1] the registry index, KEYS[2] the uuid's key;
- * ARGV[1] the uuid, ARGV[2] the chain key prefix. Returns 1 if it was mapped.
+ * Refreshes a uuid's pair, both keys and its index entry, as if it had just
+ * been written (expiry now + ttlMs, or persistent with ttlMs = 0), in one
+ * step. KEYS[1] the registry index, KEYS[2] the uuid's key; ARGV[1] ttlMs,
+ * ARGV[2] the chain key prefix, ARGV[3] the uuid. Returns 1 if it was
+ * mapped, else 0. (No op record: running it twice refreshes twice.)
  */
-const REGISTRY_DELETE = `
+const REGISTRY_REFRESH = `${NOW}${SETTLE_REGISTRY}
 local chain = redis.call('GET', KEYS[2])
 if not chain then return 0 end
+local chain_key = ARGV[2] .. chain
+local ttl = tonumber(ARGV[1])
+if ttl > 0 then
+  local expiry = now_ms() + ttl
+  redis.call('PEXPIREAT', KEYS[2], expiry)
+  redis.call('PEXPIREAT', chain_key, expiry)
+  redis.call('ZADD', KEYS[1], expiry, ARGV[3])
+else
+  redis.call('PERSIST', KEYS[2])
+  redis.call('PERSIST', chain_key)
+  redis.call('ZADD', KEYS[1], '+inf', ARGV[3])
+end
+settle_registry(KEYS[1])
+return 1
+`;
+
+/**
+ * Removes a uuid's pair. KEYS[1] the registry index, KEYS[2] the uuid's key,
+ * KEYS[3] the op records; ARGV[1] the uuid, ARGV[2] the chain key prefix,
+ * ARGV[3] the op header. Returns 1 if it was mapped.
+ */
+const REGISTRY_DELETE = `${OPS}${SETTLE_REGISTRY}
+local op = op_begin(KEYS[3], ARGV[3])
+if op and op.done then return op_end(KEYS[3], op, op.replay) end
+local chain = redis.call('GET', KEYS[2])
+if not chain then return op_end(KEYS[3], op, 0) end
 redis.call('DEL', KEYS[2], ARGV[2] .. chain)
 redis.call('ZREM', KEYS[1], ARGV[1])
-return 1
+settle_registry(KEYS[1])
+return op_end(KEYS[3], op, 1)
 `;
 
 /**
@@ -306,10 +521,13 @@ return out
 `;
 
 /**
- * Removes every pair of the tenant. KEYS[1] the registry index; ARGV[1] the
- * chain key prefix, ARGV[2] the uuid key prefix. Returns the pairs removed.
+ * Removes every pair of the tenant. KEYS[1] the registry index, KEYS[2] the
+ * op records; ARGV[1] the chain key prefix, ARGV[2] the uuid key prefix,
+ * ARGV[3] the op header. Returns the pairs removed.
  */
-const REGISTRY_CLEAR = `
+const REGISTRY_CLEAR = `${OPS}
+local op = op_begin(KEYS[2], ARGV[3])
+if op and op.done then return op_end(KEYS[2], op, op.replay) end
 local uuids = redis.call('ZRANGE', KEYS[1], 0, -1)
 for i = 1, #uuids do
   local chain = redis.call('GET', ARGV[2] .. uuids[i])
@@ -317,24 +535,29 @@ for i = 1, #uuids do
   redis.call('DEL', ARGV[2] .. uuids[i])
 end
 redis.call('DEL', KEYS[1])
-return #uuids
+return op_end(KEYS[2], op, #uuids)
 `;
 
 /** An argument of a script call. */
 export type ScriptArg = string | number | Uint8Array;
 
+/** One thread's entry in the append script's reply (see APPEND). */
+export type AppendResult = number | number[];
+
 /** The commands {@linkcode defineScripts} adds to a client. */
 export interface ScriptCommands {
-  xpSbAppend(...args: ScriptArg[]): Promise<number | number[]>;
-  xpSbDeleteThread(...args: ScriptArg[]): Promise<number>;
+  /** `null`: a stale op (see OPS). */
+  xpSbAppend(...args: ScriptArg[]): Promise<AppendResult[] | null>;
+  xpSbDeleteThread(...args: ScriptArg[]): Promise<number | null>;
   xpSbListThreads(...args: ScriptArg[]): Promise<string[]>;
-  xpSbClearThreads(...args: ScriptArg[]): Promise<number>;
+  xpSbClearThreads(...args: ScriptArg[]): Promise<number | null>;
   xpSbStats(...args: ScriptArg[]): Promise<[number, number, number]>;
-  xpSbRegistrySet(...args: ScriptArg[]): Promise<number>;
-  xpSbRegistrySetIfAbsent(...args: ScriptArg[]): Promise<string>;
-  xpSbRegistryDelete(...args: ScriptArg[]): Promise<number>;
+  xpSbRegistrySet(...args: ScriptArg[]): Promise<number | null>;
+  xpSbRegistrySetIfAbsent(...args: ScriptArg[]): Promise<string | null>;
+  xpSbRegistryRefresh(...args: ScriptArg[]): Promise<number>;
+  xpSbRegistryDelete(...args: ScriptArg[]): Promise<number | null>;
   xpSbRegistryList(...args: ScriptArg[]): Promise<string[]>;
-  xpSbRegistryClear(...args: ScriptArg[]): Promise<number>;
+  xpSbRegistryClear(...args: ScriptArg[]): Promise<number | null>;
 }
 
 /** Each script with its number of keys (`undefined`: given per call). */
@@ -343,15 +566,16 @@ const SCRIPTS: Record<
   { lua: string; numberOfKeys?: number }
 > = {
   xpSbAppend: { lua: APPEND },
-  xpSbDeleteThread: { lua: DELETE_THREAD, numberOfKeys: 2 },
+  xpSbDeleteThread: { lua: DELETE_THREAD, numberOfKeys: 3 },
   xpSbListThreads: { lua: LIST_THREADS, numberOfKeys: 1 },
-  xpSbClearThreads: { lua: CLEAR_THREADS, numberOfKeys: 1 },
+  xpSbClearThreads: { lua: CLEAR_THREADS, numberOfKeys: 2 },
   xpSbStats: { lua: STATS, numberOfKeys: 2 },
-  xpSbRegistrySet: { lua: REGISTRY_SET, numberOfKeys: 3 },
-  xpSbRegistrySetIfAbsent: { lua: REGISTRY_SET_IF_ABSENT, numberOfKeys: 3 },
-  xpSbRegistryDelete: { lua: REGISTRY_DELETE, numberOfKeys: 2 },
+  xpSbRegistrySet: { lua: REGISTRY_SET, numberOfKeys: 4 },
+  xpSbRegistrySetIfAbsent: { lua: REGISTRY_SET_IF_ABSENT, numberOfKeys: 4 },
+  xpSbRegistryRefresh: { lua: REGISTRY_REFRESH, numberOfKeys: 2 },
+  xpSbRegistryDelete: { lua: REGISTRY_DELETE, numberOfKeys: 3 },
   xpSbRegistryList: { lua: REGISTRY_LIST, numberOfKeys: 1 },
-  xpSbRegistryClear: { lua: REGISTRY_CLEAR, numberOfKeys: 1 },
+  xpSbRegistryClear: { lua: REGISTRY_CLEAR, numberOfKeys: 2 },
 };
 
 /** The append script's source, for baselines and `redis-benchmark`. */

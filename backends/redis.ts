@@ -11,9 +11,13 @@
  * - Keys of one tenant share a Redis Cluster hash tag (see
  *   `_redis_keys.ts`); listing, counting and clearing go through per-tenant
  *   indexes: no `KEYS`, no `SCAN`.
- * - An append is sent once: it is never retried or replayed by this backend
- *   or by its ioredis client. When a reply is lost the call rejects and says
- *   that the append may have been applied.
+ * - Exactly once: every mutation script records its reply under the call's
+ *   op number, in the same atomic step, so the backend retries a call whose
+ *   reply was lost (a dropped connection, a restart, a Cluster failover)
+ *   until `retryTimeoutMs`, and a retry never applies it twice. An
+ *   `appendId` makes an append idempotent across calls and processes.
+ * - `durableReplicas`: each write is acknowledged once that many replicas
+ *   hold it (`WAIT`, pipelined after the script).
  *
  * Needs Redis >= 6.2.
  *
@@ -46,6 +50,8 @@
 //   _redis_connection.ts  opening or adopting the connection, the watchdog
 //                         that cuts a silent one, failure messages, ending
 //   _redis_appends.ts     coalescing appends into append script calls
+//   _redis_ops.ts         retries until the deadline, op records (a retry
+//                         applies once), WAIT for durableReplicas
 //   _redis_scripts.ts     the Lua scripts (every mutation is one)
 //   _redis_keys.ts        the key layout of a tenant
 //   _redis_client.ts      the part of the ioredis API used, declared (no import)
@@ -53,6 +59,8 @@
 // when a backend connects.
 
 import { withTimeout } from "../_async.ts";
+import { copyBytes } from "../_bytes.ts";
+import { quote } from "../_messages.ts";
 import { type BackendConfig, resolveConfig } from "../config.ts";
 import { BackendClosedError } from "../errors.ts";
 import type {
@@ -73,6 +81,7 @@ import { watchThread } from "../_watch.ts";
 import { RedisAppender } from "./_redis_appends.ts";
 import { RedisConnection } from "./_redis_connection.ts";
 import { type RedisKeys, redisKeys } from "./_redis_keys.ts";
+import { RedisOps } from "./_redis_ops.ts";
 import { defineScripts, type ScriptClient } from "./_redis_scripts.ts";
 
 // What this entry point's signatures name, so that it documents alone (JSR).
@@ -100,10 +109,12 @@ const PING_TIMEOUT_MS = 2_000;
  *
  * Failures: a server that cannot be reached makes `open()` reject within
  * 5 s, naming host and port (never the password). When the connection drops
- * later, calls reject with a {@linkcode BackendError} (at once while
- * disconnected; within 4 s for a server that stops answering) and the
- * backend reconnects by itself. An append whose reply was lost rejects with
- * a message saying it may have been applied: it is never sent twice.
+ * later (a restart, a failover, a server that stops answering: cut after 4 s
+ * of silence), the backend reconnects by itself and retries each call until
+ * `retryTimeoutMs` (default 10 s) has passed since it was made: the caller
+ * gets its result, or a {@linkcode BackendError} that says what happened and
+ * whether a write was applied, when that is known. A retried write is
+ * applied once (op records; `appendId` for the caller's own retries).
  *
  * @example A failure to connect is a BackendError (runs without a server)
  * ```ts
@@ -134,6 +145,8 @@ export class RedisBackend implements SharedBackend {
   readonly #connection: RedisConnection;
   /** The connection's client, with the scripts defined on it. */
   readonly #client: ScriptClient;
+  /** Retries, op records and WAIT: every call but ping() goes through it. */
+  readonly #ops: RedisOps;
   /** Sends the appends, coalesced into script calls. */
   readonly #appender: RedisAppender;
   readonly #keys: RedisKeys;
@@ -160,9 +173,15 @@ export class RedisBackend implements SharedBackend {
     this.#ttlMs = config.ttlMs;
     this.#maxSlotBytes = config.maxSlotBytes;
     this.#retryTimeoutMs = config.retryTimeoutMs;
-    this.#appender = new RedisAppender({
+    this.#ops = new RedisOps({
       connection,
       client: this.#client,
+      keys: this.#keys,
+      retryTimeoutMs: config.retryTimeoutMs,
+      durableReplicas: config.durableReplicas,
+    });
+    this.#appender = new RedisAppender({
+      ops: this.#ops,
       keys: this.#keys,
       ttlMs: config.ttlMs,
       maxSlotsPerThread: config.maxSlotsPerThread,
@@ -173,22 +192,20 @@ export class RedisBackend implements SharedBackend {
   /**
    * Connects to Redis and returns the backend once the server answers.
    *
-   * With `redisClient`, that ioredis client is used as it is and left open by
-   * `close()`. It must have been created with
-   * `autoResendUnfulfilledCommands: false` (for a `Cluster`: in
-   * `redisOptions`, and with `retryDelayOnFailover: 0`), or it could resend
-   * an append whose reply was lost.
+   * With `redisClient`, that ioredis client (`Redis` or `Cluster`, any
+   * options: its offline queue and resends only repeat calls that apply
+   * once) is used as it is and left open by `close()`.
    *
    * @param config `redisUrl` (`redis://` or `rediss://`, with password and db
    * index) or `redisClient`; `prefix`, `ttlMs` and the limits.
    * @returns The open backend.
    * @throws {TypeError} A config field has the wrong type; `redisUrl` is not a
-   * `redis://` or `rediss://` URL; `redisClient` is not an ioredis client
-   * or resends commands whose reply was lost.
+   * `redis://` or `rediss://` URL; `redisClient` is not an ioredis client.
    * @throws {RangeError} A config number is out of range.
    * @throws {BackendError} The server (also an injected client's) does not
    * answer within 4 s, or refused the connection (a wrong password, say);
-   * the message names host and port, never the password.
+   * the message names host and port, never the password. ioredis cannot
+   * load (without `--allow-env`: the message names the flag).
    *
    * @example An unreachable server
    * ```ts
@@ -223,7 +240,7 @@ export class RedisBackend implements SharedBackend {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#appender.append(threadId, slot);
+    return this.#appender.append(threadId, slot, options?.appendId);
   }
 
   /**
@@ -257,11 +274,11 @@ export class RedisBackend implements SharedBackend {
   async bufferGetThread(threadId: string): Promise<Uint8Array[]> {
     this.#enter("bufferGetThread");
     checkId("threadId", threadId);
-    const slots = await this.#call(
-      `read thread ${JSON.stringify(threadId)}`,
+    const slots = await this.#ops.read(
+      `Cannot read thread ${quote(threadId)}`,
       () => this.#client.lrangeBuffer(this.#keys.thread(threadId), 0, -1),
     );
-    return slots.map(toUint8Array);
+    return slots.map(copyBytes);
   }
 
   /** {@inheritDoc SharedBackend.bufferGetRange} */
@@ -274,8 +291,8 @@ export class RedisBackend implements SharedBackend {
     checkId("threadId", threadId);
     checkRange(start, end);
     if (end !== undefined && end <= start) return [];
-    const slots = await this.#call(
-      `read thread ${JSON.stringify(threadId)}`,
+    const slots = await this.#ops.read(
+      `Cannot read thread ${quote(threadId)}`,
       () =>
         this.#client.lrangeBuffer(
           this.#keys.thread(threadId),
@@ -283,7 +300,7 @@ export class RedisBackend implements SharedBackend {
           end === undefined ? -1 : end - 1,
         ),
     );
-    return slots.map(toUint8Array);
+    return slots.map(copyBytes);
   }
 
   /** {@inheritDoc SharedBackend.bufferGetSlot} */
@@ -294,19 +311,19 @@ export class RedisBackend implements SharedBackend {
     this.#enter("bufferGetSlot");
     checkId("threadId", threadId);
     if (!isSlotIndex(index)) return null;
-    const slot = await this.#call(
-      `read thread ${JSON.stringify(threadId)}`,
+    const slot = await this.#ops.read(
+      `Cannot read thread ${quote(threadId)}`,
       () => this.#client.lindexBuffer(this.#keys.thread(threadId), index),
     );
-    return slot === null ? null : toUint8Array(slot);
+    return slot === null ? null : copyBytes(slot);
   }
 
   /** {@inheritDoc SharedBackend.bufferThreadLen} */
   async bufferThreadLen(threadId: string): Promise<number> {
     this.#enter("bufferThreadLen");
     checkId("threadId", threadId);
-    return await this.#call(
-      `read thread ${JSON.stringify(threadId)}`,
+    return await this.#ops.read(
+      `Cannot read thread ${quote(threadId)}`,
       () => this.#client.llen(this.#keys.thread(threadId)),
     );
   }
@@ -315,8 +332,8 @@ export class RedisBackend implements SharedBackend {
   async bufferThreadExists(threadId: string): Promise<boolean> {
     this.#enter("bufferThreadExists");
     checkId("threadId", threadId);
-    const count = await this.#call(
-      `read thread ${JSON.stringify(threadId)}`,
+    const count = await this.#ops.read(
+      `Cannot read thread ${quote(threadId)}`,
       () => this.#client.exists(this.#keys.thread(threadId)),
     );
     return count > 0;
@@ -326,14 +343,16 @@ export class RedisBackend implements SharedBackend {
   async bufferDeleteThread(threadId: string): Promise<boolean> {
     this.#enter("bufferDeleteThread");
     checkId("threadId", threadId);
-    const existed = await this.#call(
-      `delete thread ${JSON.stringify(threadId)}`,
-      () =>
-        this.#client.xpSbDeleteThread(
-          this.#keys.threads,
-          this.#keys.thread(threadId),
-          threadId,
-        ),
+    const existed = await this.#ops.mutate(
+      `Cannot delete thread ${quote(threadId)}`,
+      "xpSbDeleteThread",
+      (header) => [
+        this.#keys.threads,
+        this.#keys.thread(threadId),
+        this.#ops.records,
+        threadId,
+        header,
+      ],
     );
     return existed > 0;
   }
@@ -341,8 +360,8 @@ export class RedisBackend implements SharedBackend {
   /** {@inheritDoc SharedBackend.bufferListThreads} */
   async bufferListThreads(): Promise<string[]> {
     this.#enter("bufferListThreads");
-    return await this.#call(
-      "list threads",
+    return await this.#ops.read(
+      "Cannot list threads",
       () =>
         this.#client.xpSbListThreads(
           this.#keys.threads,
@@ -354,13 +373,15 @@ export class RedisBackend implements SharedBackend {
   /** {@inheritDoc SharedBackend.bufferClear} */
   async bufferClear(): Promise<void> {
     this.#enter("bufferClear");
-    await this.#call(
-      "clear threads",
-      () =>
-        this.#client.xpSbClearThreads(
-          this.#keys.threads,
-          this.#keys.threadPrefix,
-        ),
+    await this.#ops.mutate(
+      "Cannot clear threads",
+      "xpSbClearThreads",
+      (header) => [
+        this.#keys.threads,
+        this.#ops.records,
+        this.#keys.threadPrefix,
+        header,
+      ],
     );
   }
 
@@ -369,9 +390,10 @@ export class RedisBackend implements SharedBackend {
     this.#enter("registrySet");
     checkId("chain", chain);
     checkId("uuid", uuid);
-    await this.#call(
-      `map chain ${JSON.stringify(chain)}`,
-      () => this.#client.xpSbRegistrySet(...this.#pairArgs(chain, uuid)),
+    await this.#ops.mutate(
+      `Cannot map chain ${quote(chain)}`,
+      "xpSbRegistrySet",
+      (header) => this.#pairArgs(chain, uuid, header),
     );
   }
 
@@ -380,10 +402,10 @@ export class RedisBackend implements SharedBackend {
     this.#enter("registrySetIfAbsent");
     checkId("chain", chain);
     checkId("uuid", uuid);
-    return await this.#call(
-      `map chain ${JSON.stringify(chain)}`,
-      () =>
-        this.#client.xpSbRegistrySetIfAbsent(...this.#pairArgs(chain, uuid)),
+    return await this.#ops.mutate(
+      `Cannot map chain ${quote(chain)}`,
+      "xpSbRegistrySetIfAbsent",
+      (header) => this.#pairArgs(chain, uuid, header),
     );
   }
 
@@ -391,8 +413,8 @@ export class RedisBackend implements SharedBackend {
   async registryGetUuid(chain: string): Promise<string | null> {
     this.#enter("registryGetUuid");
     checkId("chain", chain);
-    return await this.#call(
-      `look up chain ${JSON.stringify(chain)}`,
+    return await this.#ops.read(
+      `Cannot look up chain ${quote(chain)}`,
       () => this.#client.get(this.#keys.chain(chain)),
     );
   }
@@ -401,34 +423,48 @@ export class RedisBackend implements SharedBackend {
   async registryGetChain(uuid: string): Promise<string | null> {
     this.#enter("registryGetChain");
     checkId("uuid", uuid);
-    return await this.#call(
-      `look up uuid ${JSON.stringify(uuid)}`,
+    return await this.#ops.read(
+      `Cannot look up uuid ${quote(uuid)}`,
       () => this.#client.get(this.#keys.uuid(uuid)),
     );
   }
 
   /** {@inheritDoc SharedBackend.registryRefresh} */
   async registryRefresh(uuid: string): Promise<boolean> {
-    // Interim (issue 10 makes it one atomic step): re-write the pair if mapped.
-    const chain = await this.registryGetChain(uuid);
-    if (chain === null) return false;
-    await this.registrySet(chain, uuid);
-    return true;
+    this.#enter("registryRefresh");
+    checkId("uuid", uuid);
+    // One script: both keys and the index entry, atomically. Running it
+    // twice (a retry) only refreshes twice: no op record.
+    const mapped = await this.#ops.mutate(
+      `Cannot refresh uuid ${quote(uuid)}`,
+      "xpSbRegistryRefresh",
+      () => [
+        this.#keys.registry,
+        this.#keys.uuid(uuid),
+        String(this.#ttlMs),
+        this.#keys.chainPrefix,
+        uuid,
+      ],
+      false,
+    );
+    return mapped > 0;
   }
 
   /** {@inheritDoc SharedBackend.registryDelete} */
   async registryDelete(uuid: string): Promise<boolean> {
     this.#enter("registryDelete");
     checkId("uuid", uuid);
-    const existed = await this.#call(
-      `delete uuid ${JSON.stringify(uuid)}`,
-      () =>
-        this.#client.xpSbRegistryDelete(
-          this.#keys.registry,
-          this.#keys.uuid(uuid),
-          uuid,
-          this.#keys.chainPrefix,
-        ),
+    const existed = await this.#ops.mutate(
+      `Cannot delete uuid ${quote(uuid)}`,
+      "xpSbRegistryDelete",
+      (header) => [
+        this.#keys.registry,
+        this.#keys.uuid(uuid),
+        this.#ops.records,
+        uuid,
+        this.#keys.chainPrefix,
+        header,
+      ],
     );
     return existed > 0;
   }
@@ -436,8 +472,8 @@ export class RedisBackend implements SharedBackend {
   /** {@inheritDoc SharedBackend.registryListAll} */
   async registryListAll(): Promise<Map<string, string>> {
     this.#enter("registryListAll");
-    const flat = await this.#call(
-      "list the registry",
+    const flat = await this.#ops.read(
+      "Cannot list the registry",
       () =>
         this.#client.xpSbRegistryList(
           this.#keys.registry,
@@ -454,14 +490,16 @@ export class RedisBackend implements SharedBackend {
   /** {@inheritDoc SharedBackend.registryClear} */
   async registryClear(): Promise<void> {
     this.#enter("registryClear");
-    await this.#call(
-      "clear the registry",
-      () =>
-        this.#client.xpSbRegistryClear(
-          this.#keys.registry,
-          this.#keys.chainPrefix,
-          this.#keys.uuidPrefix,
-        ),
+    await this.#ops.mutate(
+      "Cannot clear the registry",
+      "xpSbRegistryClear",
+      (header) => [
+        this.#keys.registry,
+        this.#ops.records,
+        this.#keys.chainPrefix,
+        this.#keys.uuidPrefix,
+        header,
+      ],
     );
   }
 
@@ -487,8 +525,8 @@ export class RedisBackend implements SharedBackend {
   /** {@inheritDoc SharedBackend.stats} */
   async stats(): Promise<BackendStats> {
     this.#enter("stats");
-    const [threads, slots, registryEntries] = await this.#call(
-      "count",
+    const [threads, slots, registryEntries] = await this.#ops.read(
+      "Cannot count",
       () =>
         this.#client.xpSbStats(
           this.#keys.threads,
@@ -532,30 +570,18 @@ export class RedisBackend implements SharedBackend {
     if (this.#closed) throw new BackendClosedError(this.kind, method);
   }
 
-  #pairArgs(chain: string, uuid: string): string[] {
+  #pairArgs(chain: string, uuid: string, header: string): string[] {
     return [
       this.#keys.registry,
       this.#keys.chain(chain),
       this.#keys.uuid(uuid),
+      this.#ops.records,
       String(this.#ttlMs),
       chain,
       uuid,
       this.#keys.chainPrefix,
       this.#keys.uuidPrefix,
+      header,
     ];
   }
-
-  /** Runs one command, turning a store failure into a {@linkcode BackendError}. */
-  async #call<T>(what: string, run: () => Promise<T>): Promise<T> {
-    try {
-      return await this.#connection.send(run);
-    } catch (error) {
-      throw this.#connection.failure(`Cannot ${what}`, error, false);
-    }
-  }
-}
-
-/** A plain `Uint8Array` copy of a Node `Buffer` reply. */
-function toUint8Array(buffer: Uint8Array): Uint8Array {
-  return new Uint8Array(buffer);
 }

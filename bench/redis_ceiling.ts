@@ -121,10 +121,13 @@ export async function measureCeilings(
       opsPerSecond: await redisBenchmark(port, requests, threads, [
         "EVALSHA",
         ourSha,
-        "2",
+        "3",
         keys.threads,
+        keys.records("ceiling"),
         keys.thread(key),
         `86400000 ${Number.MAX_SAFE_INTEGER} 1000000`,
+        "",
+        "1",
         slot,
       ]),
     });

@@ -20,10 +20,8 @@ Deno.test("RedisBackend meets the shared-backend contract", async (t) => {
   await runConformanceSuite(t, {
     name: "redis",
     open: (config) => RedisBackend.open({ ...config, redisUrl: server.url }),
-    // Until issues 11 and 12 land on this backend (interim stubs).
+    // Until issue 12 lands on this backend (interim stub).
     skip: {
-      "appendId": "append ids are not implemented on this backend yet",
-      "append ids": "append ids are not implemented on this backend yet",
       "deleted or cleared":
         "its interim watch source does not report deletion yet",
       "of its thread's expiry":
@@ -65,10 +63,8 @@ Deno.test("RedisBackend meets the contract on Redis Cluster (one node holding ev
     await runConformanceSuite(t, {
       name: "redis cluster",
       open: (config) => RedisBackend.open({ ...config, redisClient: cluster }),
-      // Until issues 11 and 12 land on this backend (interim stubs).
+      // Until issue 12 lands on this backend (interim stub).
       skip: {
-        "appendId": "append ids are not implemented on this backend yet",
-        "append ids": "append ids are not implemented on this backend yet",
         "deleted or cleared":
           "its interim watch source does not report deletion yet",
         "of its thread's expiry":
@@ -108,30 +104,45 @@ Deno.test("RedisBackend on Redis Cluster when the server runs an append but its 
     );
 
     await t.step(
-      "a Cluster client that resends a command whose connection closed (retryDelayOnFailover > 0, ioredis' default) is refused, since it could apply an append twice",
+      "a Cluster client with ioredis' defaults (it resends a command whose connection closed) is accepted: the append whose reply was lost returns its index, and it is stored once",
       async () => {
-        const resending = new Cluster(
-          [{ host: "127.0.0.1", port: proxy.port }],
-          {
-            lazyConnect: true,
-            redisOptions: { protocol: 2, autoResendUnfulfilledCommands: false },
-          },
-        );
+        const cluster = new Cluster([{ host: "127.0.0.1", port: proxy.port }]);
         try {
-          await assert.rejects(
-            RedisBackend.open({ redisClient: resending }),
-            (error: Error) =>
-              error instanceof TypeError &&
-              error.message.includes("retryDelayOnFailover: 0"),
+          const prefix = `xp-test:${crypto.randomUUID()}:`;
+          const backend = await RedisBackend.open({
+            redisClient: cluster,
+            prefix,
+          });
+          assert.equal(await backend.bufferAppend("t", new Uint8Array([1])), 0);
+          proxy.dropReplies();
+          const lost = backend.bufferAppend("t", new Uint8Array([2]));
+          await waitUntil(
+            async () => (await raw.llen(redisKeys(prefix).thread("t"))) === 2,
+            2_000,
           );
+          proxy.cut();
+          assert.equal(await lost, 1);
+          // A resend would land within ioredis' retry delays: give it the time.
+          await new Promise((resolve) => setTimeout(resolve, 500));
+          assert.deepEqual(
+            (await raw.lrangeBuffer(redisKeys(prefix).thread("t"), 0, -1)).map(
+              (b) => [...b],
+            ),
+            [[1], [2]],
+          );
+          assert.equal(await backend.bufferAppend("t", new Uint8Array([3])), 2);
+          await backend.bufferClear();
+          await backend.close();
         } finally {
-          resending.disconnect();
+          const ended = new Promise((resolve) => cluster.once("end", resolve));
+          await cluster.quit().catch(() => cluster.disconnect());
+          await ended;
         }
       },
     );
 
     await t.step(
-      "with retryDelayOnFailover 0 the append rejects saying it may have been applied, and it is stored once",
+      "with retryTimeoutMs 0 (no retries) and retryDelayOnFailover 0 the append rejects saying it may have been applied, and it is stored once",
       async () => {
         const cluster = new Cluster(
           [{ host: "127.0.0.1", port: proxy.port }],
@@ -145,6 +156,7 @@ Deno.test("RedisBackend on Redis Cluster when the server runs an append but its 
           const backend = await RedisBackend.open({
             redisClient: cluster,
             prefix,
+            retryTimeoutMs: 0,
           });
           assert.equal(await backend.bufferAppend("t", new Uint8Array([1])), 0);
           proxy.dropReplies();
@@ -565,29 +577,22 @@ Deno.test("RedisBackend on one server: concurrency across isolates and processes
   );
 
   await t.step(
-    "an injected ioredis client is used, left open by close(), and refused if it would resend commands after a reconnect",
+    "an injected ioredis client, with ioredis' defaults (offline queue, resends after a reconnect) or not, is used and left open by close(); anything else is a TypeError",
     async () => {
       const client = new Redis(server.url, {
         protocol: 2,
         autoResendUnfulfilledCommands: false,
       });
-      const resending = new Redis(server.url, { lazyConnect: true });
+      const resending = new Redis(server.url);
       try {
         const prefix = `xp-test:${crypto.randomUUID()}:`;
-        const backend = await RedisBackend.open({
-          redisClient: client,
-          prefix,
-        });
-        assert.equal(await backend.bufferAppend("t", new Uint8Array([5])), 0);
-        await backend.bufferClear();
-        await backend.close();
-        assert.equal(await client.ping(), "PONG");
-        await assert.rejects(
-          RedisBackend.open({ redisClient: resending }),
-          (error: Error) =>
-            error instanceof TypeError &&
-            error.message.includes("autoResendUnfulfilledCommands: false"),
-        );
+        for (const redisClient of [client, resending]) {
+          const backend = await RedisBackend.open({ redisClient, prefix });
+          assert.equal(await backend.bufferAppend("t", new Uint8Array([5])), 0);
+          await backend.bufferClear();
+          await backend.close();
+          assert.equal(await redisClient.ping(), "PONG");
+        }
         await assert.rejects(
           RedisBackend.open({ redisClient: { not: "a client" } }),
           TypeError,
@@ -611,7 +616,7 @@ Deno.test("RedisBackend on one server: concurrency across isolates and processes
         }
       } finally {
         await closeRaw(client);
-        resending.disconnect();
+        await closeRaw(resending);
       }
     },
   );
@@ -832,7 +837,7 @@ async function waitUntil(
   }
 }
 
-Deno.test("RedisBackend across a server crash (appendonly yes, SIGKILL): every acknowledged append survives, none is applied twice, and it reconnects by itself", async () => {
+Deno.test("RedisBackend with retryTimeoutMs 0 (no retries) across a server crash (appendonly yes, SIGKILL): calls fail within 5 s naming the server, every acknowledged append survives, none is applied twice, and it reconnects by itself", async () => {
   await using server: RedisServer = await startRedisServer({
     own: true,
     appendonly: true,
@@ -841,6 +846,7 @@ Deno.test("RedisBackend across a server crash (appendonly yes, SIGKILL): every a
     redisUrl: server.url,
     prefix: "crash:",
     maxSlotsPerThread: 1_000_000,
+    retryTimeoutMs: 0,
   });
   const acked = new Map<number, Uint8Array>();
   const failures: { message: string; ms: number }[] = [];
@@ -883,11 +889,12 @@ Deno.test("RedisBackend across a server crash (appendonly yes, SIGKILL): every a
   await backend.bufferClear();
 });
 
-Deno.test("RedisBackend with a server that stops answering (SIGSTOP): calls reject within 5 s, ping() resolves false, and it recovers after SIGCONT", async () => {
+Deno.test("RedisBackend with retryTimeoutMs 0 (no retries) and a server that stops answering (SIGSTOP): calls reject within 5 s, ping() resolves false, and it recovers after SIGCONT", async () => {
   await using server = await startRedisServer({ own: true });
   await using backend = await RedisBackend.open({
     redisUrl: server.url,
     prefix: "hang:",
+    retryTimeoutMs: 0,
   });
   assert.equal(await backend.bufferAppend("t", new Uint8Array([1])), 0);
   Deno.kill(server.pid!, "SIGSTOP");
@@ -933,7 +940,7 @@ Deno.test("RedisBackend on connections that lose replies or go silent (through a
   );
 
   await t.step(
-    "calls never hang: an append whose reply was lost on a connection that came back at once, and one sent to a server that stopped answering, both reject within 5 s, and close() resolves",
+    "with retryTimeoutMs 0 (no retries), calls never hang: an append whose reply was lost on a connection that came back at once, and one sent to a server that stopped answering, both reject within 5 s, and close() resolves",
     async () => {
       await using proxy = new ReplyLosingProxy();
       await using flaky = await startRedisServer({ own: true });
@@ -953,7 +960,7 @@ Deno.test("RedisBackend on connections that lose replies or go silent (through a
       try {
         const [lossy, hung] = await Promise.all(
           clients.map((redisClient) =>
-            RedisBackend.open({ redisClient, prefix })
+            RedisBackend.open({ redisClient, prefix, retryTimeoutMs: 0 })
           ),
         );
         for (const backend of [lossy!, hung!]) {
