@@ -25,6 +25,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { main as inspector } from "../cli/main.ts";
 import {
   type BackendConfig,
   createSharedBackend,
@@ -56,6 +57,8 @@ Options:
   --conversations N          conversations shared by all Workers (default 8)
   --keep                     keep the demo's data (and temporary KV file) to inspect
                              it with 'deno task cli'
+  --serve                    keep it and serve the web inspector on it at the end
+                             (prints its URL; Ctrl-C stops it)
   --inject-fault KIND        corrupt the store before verifying, to see the
                              verification fail: ${FAULTS.join(", ")}
   -h, --help                 this help
@@ -71,6 +74,7 @@ interface DemoOptions {
   slots: number;
   conversations: number;
   keep: boolean;
+  serve: boolean;
   fault: Fault | undefined;
 }
 
@@ -91,6 +95,7 @@ function parse(args: string[]): DemoOptions | "help" {
         slots: { type: "string", default: "2000" },
         conversations: { type: "string", default: "8" },
         keep: { type: "boolean", default: false },
+        serve: { type: "boolean", default: false },
         "inject-fault": { type: "string" },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -131,7 +136,8 @@ function parse(args: string[]): DemoOptions | "help" {
     workers: count("--workers", values.workers, 1, 64),
     slots: count("--slots", values.slots, 4, 1_000_000),
     conversations: count("--conversations", values.conversations, 1, 200),
-    keep: values.keep,
+    keep: values.keep || values.serve,
+    serve: values.serve,
     fault: fault as Fault | undefined,
   };
 }
@@ -345,6 +351,38 @@ async function injectFault(
       await backend.registrySet(chainA, uuidB);
       return `moved chain "${chainA}" to the uuid of "${chainB}" (${uuidB})`;
     }
+  }
+}
+
+/** Serves the web inspector (`cli serve`) on the demo's store until Ctrl-C (`--serve`). */
+async function serveInspector(
+  options: DemoOptions,
+  config: BackendConfig,
+  backend: SharedBackend,
+): Promise<void> {
+  const stop = new AbortController();
+  const onInterrupt = () => stop.abort();
+  Deno.addSignalListener("SIGINT", onInterrupt);
+  try {
+    // memory is this isolate's: the inspector gets the backend itself.
+    await inspector(
+      options.backend === "memory" ? ["serve"] : [
+        "--backend",
+        options.backend,
+        ...(options.backend === "kv"
+          ? ["--kv-path", config.kvPath!]
+          : ["--redis-url", options.redisUrl]),
+        "--prefix",
+        config.prefix!,
+        "serve",
+      ],
+      {
+        signal: stop.signal,
+        ...(options.backend === "memory" ? { backend } : {}),
+      },
+    );
+  } finally {
+    Deno.removeSignalListener("SIGINT", onInterrupt);
   }
 }
 
@@ -568,6 +606,7 @@ export async function main(args: string[]): Promise<number> {
     if (Deno.build.os !== "windows") {
       Deno.removeSignalListener("SIGINT", interrupted);
     }
+    if (options.serve) await serveInspector(options, config, backend);
     await backend.close();
     if (tempDir !== undefined && !options.keep) {
       await Deno.remove(tempDir, { recursive: true });

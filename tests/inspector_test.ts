@@ -595,6 +595,59 @@ Deno.test("serve: bad options are exit 2 before anything listens", async () => {
   }
 });
 
+Deno.test("the demo with --serve keeps its store and serves the inspector until Ctrl-C", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "xp-inspector-demo-" });
+  try {
+    const demo = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "demo/main.ts",
+        "--backend",
+        "kv",
+        "--kv-path",
+        `${dir}/demo.db`,
+        "--serve",
+        "--workers",
+        "1",
+        "--slots",
+        "40",
+        "--conversations",
+        "2",
+      ],
+      cwd: ROOT,
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const reader = demo.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let output = "";
+    let url: string | undefined;
+    try {
+      while (url === undefined) {
+        const chunk = await reader.read();
+        if (chunk.done) throw new Error(`the demo ended: ${output}`);
+        output += chunk.value;
+        url = /^inspector {2}(http:\/\/127\.0\.0\.1:\d+\/)$/m.exec(output)?.[1];
+      }
+      assert.match(output, /^verified {10}OK$/m);
+      const prefix = /prefix "(demo-[0-9a-f]+:)"/.exec(output)![1];
+      const info = await getJson(`${url}api/info`);
+      assert.equal(info.body.prefix, prefix);
+      assert.ok(info.body.threads > 0);
+      assert.equal(info.body.expiryKnown, true);
+    } finally {
+      demo.kill("SIGINT");
+      assert.equal((await demo.status).code, 0);
+      await reader.cancel().catch(() => {});
+    }
+    await Deno.stat(`${dir}/demo.db`); // kept
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 // ---- the page, in a browser ----
 
 const chromiumMissing = await Deno.stat(CHROMIUM).then(() => false, () => true);
