@@ -11,12 +11,14 @@
 //
 // Append ids: an append with an `appendId` records it beside its
 // generation's slots (`[p, "slot", threadId, gen, appendId]` = index) in the
-// same commit as the slot. Before planning, the queue reads the ids of the
-// batch together with their thread's head in one `getMany` (a consistent
-// snapshot); every commit that records an id rewrites that head, so the
-// head's check covers the ids too: of two processes racing with one id, one
-// commit stores the slot and the other, planned again, finds the id. A
-// thread's ids go with its generation (deletion, expiry, clear).
+// same commit as the slot, which also checks that the id is absent (no read
+// first). If that commit fails, the next attempt reads the batch's ids
+// together with their thread's head in one `getMany` (a consistent
+// snapshot): an id found returns its index and stores nothing. Every commit
+// that records an id rewrites its thread's head, so of two processes racing
+// with one id, one commit stores the slot and the other, planned again,
+// finds the id. A thread's ids go with its generation (deletion, expiry,
+// clear).
 //
 // Retries: a commit that conflicts is planned again, at most `maxAttempts`
 // times; one that fails on contention or a lost connection is retried until
@@ -57,8 +59,12 @@ import { isTransient, jitteredDelay, KV_LIMITS, newId } from "./_kv_util.ts";
 interface Snapshot {
   heads: Map<string, CachedHead>;
   count: CachedCount;
-  /** By thread: the append ids of the batch already recorded in its live generation, with their indexes. */
-  applied: Map<string, Map<string, number>>;
+  /**
+   * By thread: the append ids of the batch already recorded in its live
+   * generation, with their indexes; `undefined` when not read (the commit
+   * then checks that each id it records is absent).
+   */
+  applied: Map<string, Map<string, number>> | undefined;
   /** This backend's producer record, when read (after an attempt whose outcome is unknown). */
   producer: Deno.KvEntryMaybe<number> | undefined;
 }
@@ -88,6 +94,8 @@ interface Plan {
   seq: number;
   /** Threads it refused for `maxThreads`. */
   overflow: number;
+  /** Checks its commit holds. */
+  checks: number;
   /** Settles its callers once it is known to be applied, as `versionstamp`. */
   settle: (versionstamp: string) => void;
 }
@@ -106,7 +114,7 @@ export class KvAppendQueue {
   readonly #sweeper: KvSweeper;
   readonly #heads: HeadCache;
   readonly #options: AppendLimits;
-  readonly #queue: PendingAppend[] = [];
+  #queue: PendingAppend[] = [];
   #flushing: Promise<void> | undefined;
   /** Discards of uploads that an applied append id made unneeded. */
   readonly #discards = new Set<Promise<void>>();
@@ -224,7 +232,14 @@ export class KvAppendQueue {
     }
   }
 
-  /** Takes the longest run of queued appends that fits in one atomic commit. */
+  /**
+   * Takes the queued appends that fit in one atomic commit: in queue order,
+   * except that when the checks run out, the appends of threads not in the
+   * commit yet wait for the next one while those of threads in it still
+   * join (a thread's appends keep their order: once one of its appends
+   * waits, so do its later ones). So 256 appends over 100 threads take two
+   * commits, not three.
+   */
   #takeBatch(): PendingAppend[] {
     // Reserve one check and a few mutations for the thread counter, and
     // one of each for the producer record.
@@ -234,13 +249,25 @@ export class KvAppendQueue {
     let bytes = 256 + 128 * producer;
     let setKeys = 64 + 64 * producer;
     const threads = new Set<string>();
-    let taken = 0;
+    /** Threads whose next append waits: their later ones wait too. */
+    const waiting = new Set<string>();
+    const taken: PendingAppend[] = [];
+    const left: PendingAppend[] = [];
+    let full = false;
     for (const item of this.#queue) {
+      if (full || waiting.has(item.threadId)) {
+        left.push(item);
+        continue;
+      }
       const isNew = !threads.has(item.threadId);
-      const addChecks = (isNew ? 1 : 0) + (item.upload ? 1 : 0);
+      const hasId = item.appendId === undefined ? 0 : 1;
+      // An append id is checked absent when recorded, unless this isolate
+      // knows the generation's ids (or that there is none yet).
+      const idCheck = hasId && this.#mustCheckIds(item.threadId) ? 1 : 0;
+      const addChecks = (isNew ? 1 : 0) + (item.upload ? 1 : 0) + idCheck;
       // A new thread in the batch: head, expiry entry and its old one, a dead-generation marker.
       const addMutations = 1 + (isNew ? 4 : 0) + (item.upload ? 2 : 0) +
-        (item.appendId === undefined ? 0 : 1);
+        hasId;
       // Keys of sets: the slot, a blobref, an append id; for a new thread
       // its head, expiry entry and dead-generation marker. They count
       // against their own 80 KiB limit, and twice in the commit's bytes
@@ -248,22 +275,40 @@ export class KvAppendQueue {
       const addSetKeys = item.keyBytes *
           (1 + (item.upload ? 1 : 0) + (isNew ? 3 : 0)) + item.idKeyBytes;
       const addBytes = item.bytes + (isNew ? 4 * (item.keyBytes + 64) : 0) +
-        addSetKeys + addChecks * item.keyBytes;
-      if (
-        taken > 0 &&
-        (checks + addChecks > this.#store.maxChecks ||
+        addSetKeys + (addChecks - idCheck) * item.keyBytes +
+        idCheck * item.idKeyBytes;
+      if (taken.length > 0) {
+        if (
           mutations + addMutations > KV_LIMITS.mutations ||
           bytes + addBytes > KV_LIMITS.commitBytes ||
-          setKeys + addSetKeys > KV_LIMITS.setKeyBytes)
-      ) break;
+          setKeys + addSetKeys > KV_LIMITS.setKeyBytes
+        ) {
+          full = true;
+          left.push(item);
+          continue;
+        }
+        if (checks + addChecks > this.#store.maxChecks) {
+          waiting.add(item.threadId);
+          left.push(item);
+          continue;
+        }
+      }
       checks += addChecks;
       mutations += addMutations;
       bytes += addBytes;
       setKeys += addSetKeys;
       threads.add(item.threadId);
-      taken++;
+      taken.push(item);
     }
-    return this.#queue.splice(0, taken);
+    this.#queue = left;
+    return taken;
+  }
+
+  /** Whether recording an append id in the thread would need a check (see #plan). */
+  #mustCheckIds(threadId: string): boolean {
+    const cached = this.#heads.get(threadId);
+    return cached === undefined ||
+      (cached.head !== null && cached.ids === undefined);
   }
 
   /**
@@ -278,13 +323,19 @@ export class KvAppendQueue {
     /** Attempts whose commit may have been applied, by sequence number. */
     const uncertain = new Map<number, Plan>();
     let sweptForLimit = false;
+    /** Whether to read the batch's append ids first: after a failed attempt. */
+    let readIds = false;
     let conflicts = 0;
     let lastError: unknown;
     for (let round = 0;; round++) {
       if (round > 0) await jitteredDelay(round);
       let committing: Plan | undefined;
       try {
-        const snapshot = await this.#load(pending, uncertain.size > 0);
+        const snapshot = await this.#load(
+          pending,
+          uncertain.size > 0,
+          readIds,
+        );
         if (snapshot.producer !== undefined) {
           const applied = uncertain.get(snapshot.producer.value ?? -1);
           if (applied !== undefined) {
@@ -294,6 +345,12 @@ export class KvAppendQueue {
           this.#producerVersionstamp = snapshot.producer.versionstamp;
         }
         const plan = this.#plan(pending, snapshot, Date.now());
+        if (plan.checks > this.#store.maxChecks) {
+          // The cache changed since the batch was taken: read the ids instead.
+          readIds = true;
+          round--;
+          continue;
+        }
         if (plan.overflow > 0 && !sweptForLimit) {
           // At maxThreads: retire expired heads so that only live ones count.
           sweptForLimit = true;
@@ -326,6 +383,7 @@ export class KvAppendQueue {
           continue;
         }
         committing = plan;
+        readIds = true;
         const result = await plan.op.commit();
         if (result.ok) {
           plan.settle(result.versionstamp);
@@ -435,14 +493,15 @@ export class KvAppendQueue {
 
   /**
    * What a batch is planned from: the heads of its threads and the thread
-   * counter (from the cache, reading what it lacks), the append ids of the
-   * batch already recorded (read with their head), and, when asked, this
-   * backend's producer record. A snapshot, so that other calls of this
+   * counter (from the cache, reading what it lacks), when asked the append
+   * ids of the batch already recorded (read with their head), and, when
+   * asked, this backend's producer record. A snapshot, so that other calls of this
    * isolate changing the cache meanwhile cannot disturb the plan.
    */
   async #load(
     pending: Map<string, PendingAppend[]>,
     readProducer: boolean,
+    readIds: boolean,
   ): Promise<Snapshot> {
     const { keys } = this.#store;
     const heads = new Map<string, CachedHead>();
@@ -472,6 +531,7 @@ export class KvAppendQueue {
     const producer = producerAt > 0
       ? entries[producerAt - 1] as Deno.KvEntryMaybe<number>
       : undefined;
+    if (!readIds) return { heads, count: count!, applied: undefined, producer };
     const applied = new Map<string, Map<string, number>>();
     await Promise.all(
       [...pending].map(async ([threadId, items]) => {
@@ -581,8 +641,10 @@ export class KvAppendQueue {
     const { maxThreads, maxSlotsPerThread, ttlMs } = this.#options;
     const op = kv.atomic();
     const seq = ++this.#seq;
+    let checks = 0;
     if (this.#store.idempotentRetries) {
       const key = keys.producer(this.#store.producerId);
+      checks++;
       op.check({ key, versionstamp: this.#producerVersionstamp });
       op.set(key, seq, { expireIn: this.#store.recordExpireIn });
     }
@@ -590,7 +652,14 @@ export class KvAppendQueue {
     const outcomes: [PendingAppend, number | Error][] = [];
     /** Uploads of appends whose id was already applied: never published. */
     const unneeded: PendingAppend[] = [];
-    const newHeads: [string, ThreadHead][] = [];
+    /** Heads written, with the ids known of their generation and the ids recorded. */
+    const newHeads: [
+      string,
+      ThreadHead,
+      CachedHead,
+      boolean,
+      Map<string, number>,
+    ][] = [];
     let created = 0;
     let overflow = 0;
     let counterChecked = false;
@@ -598,6 +667,7 @@ export class KvAppendQueue {
     for (const [threadId, items] of pending) {
       const cached = snapshot.heads.get(threadId)!;
       const old = cached.head;
+      checks++;
       op.check({ key: keys.head(threadId), versionstamp: cached.versionstamp });
       const live = old !== null && headIsLive(old, now);
       if (!live && old === null) {
@@ -614,14 +684,20 @@ export class KvAppendQueue {
       }
       const gen = live ? old.g : newId();
       let length = live ? old.n : 0;
-      const applied = live ? snapshot.applied.get(threadId) : undefined;
+      const applied = live ? snapshot.applied?.get(threadId) : undefined;
+      /** Every id of the generation, when this isolate wrote all of them. */
+      const known = live ? cached.ids : undefined;
+      /** Whether each id recorded must be checked absent (ids not read nor known). */
+      const checkIds = live && snapshot.applied === undefined &&
+        known === undefined;
       /** Append ids given an index by this plan. */
       const recorded = new Map<string, number>();
       for (const item of items) {
         const appendId = item.appendId;
         if (appendId !== undefined) {
           // Already applied: its index, whatever the limits say now.
-          const index = applied?.get(appendId) ?? recorded.get(appendId);
+          const index = known?.get(appendId) ?? applied?.get(appendId) ??
+            recorded.get(appendId);
           if (index !== undefined) {
             outcomes.push([item, index]);
             if (item.upload) unneeded.push(item);
@@ -636,10 +712,18 @@ export class KvAppendQueue {
           continue;
         }
         const index = length++;
-        if (item.upload) this.#blobs.publish(op, threadId, gen, item.upload);
+        if (item.upload) {
+          checks++;
+          this.#blobs.publish(op, threadId, gen, item.upload);
+        }
         op.set(keys.slot(threadId, gen, index), item.value);
         if (appendId !== undefined) {
-          op.set(keys.appendId(threadId, gen, appendId), index);
+          const key = keys.appendId(threadId, gen, appendId);
+          if (checkIds) {
+            checks++;
+            op.check({ key, versionstamp: null });
+          }
+          op.set(key, index);
           recorded.set(appendId, index);
         }
         outcomes.push([item, index]);
@@ -648,7 +732,7 @@ export class KvAppendQueue {
       const head: ThreadHead = { g: gen, n: length, e: expiresAt };
       if (typeof idPart(threadId) !== "string") head.i = threadId;
       op.set(keys.head(threadId), head);
-      newHeads.push([threadId, head]);
+      newHeads.push([threadId, head, cached, !live, recorded]);
       if (old !== null && !live) {
         // Replaces an expired (or sealed) generation: mark it dead for the sweep.
         retireGeneration(op, keys, threadId, old);
@@ -656,6 +740,7 @@ export class KvAppendQueue {
       indexGeneration(op, keys, threadId, gen, live ? old.e : null, expiresAt);
     }
     if (counterChecked) {
+      checks++;
       op.check({ key: keys.threadCount(), versionstamp: count.versionstamp });
       if (created > 0) op.set(keys.threadCount(), count.value + created);
     }
@@ -663,8 +748,14 @@ export class KvAppendQueue {
       if (this.#store.idempotentRetries) {
         this.#producerVersionstamp = versionstamp;
       }
-      for (const [threadId, head] of newHeads) {
-        this.#heads.set(threadId, { versionstamp, head });
+      for (const [threadId, head, before, created, recorded] of newHeads) {
+        const ids = this.#heads.learnIds(before.ids, created, recorded);
+        this.#heads.set(
+          threadId,
+          ids === undefined
+            ? { versionstamp, head }
+            : { versionstamp, head, ids },
+        );
       }
       if (created > 0) {
         this.#heads.count = { versionstamp, value: count.value + created };
@@ -675,7 +766,7 @@ export class KvAppendQueue {
       }
       for (const item of unneeded) this.#discard(item.threadId, item.upload!);
     };
-    return { op, seq, overflow, settle };
+    return { op, seq, overflow, checks, settle };
   }
 
   /** Reclaims an upload that will never be published, beside the queue (idle() waits for it). */

@@ -17,11 +17,20 @@ import type { KvStore } from "./_kv_store.ts";
 
 /** Heads cached for group commit; the cache is dropped when it grows past this. */
 const HEAD_CACHE_SIZE = 10_000;
+/** Append ids remembered with cached heads, at most (about 10 MB). */
+const KNOWN_IDS = 100_000;
 
 /** What this isolate last knew of a thread's head. */
 export interface CachedHead {
   versionstamp: string | null;
   head: ThreadHead | null;
+  /**
+   * Every append id of the head's generation, with its index, when this
+   * isolate made every commit of that generation (it created it, and each
+   * commit since checked the versionstamp the one before left): an id not
+   * here is in no key either, so a commit need not check it.
+   */
+  ids?: Map<string, number>;
 }
 
 /** What this isolate last knew of the thread counter. */
@@ -47,6 +56,8 @@ export class HeadCache {
   readonly #hashed = new Map<string, CachedHead>();
   /** The thread counter; `undefined` when it must be read again. */
   count: CachedCount | undefined;
+  /** Append ids remembered with the cached heads. */
+  #knownIds = 0;
 
   get(threadId: KeyId): CachedHead | undefined {
     const part = idPart(threadId);
@@ -56,30 +67,61 @@ export class HeadCache {
   }
 
   set(threadId: KeyId, cached: CachedHead): void {
+    const old = this.get(threadId);
+    if (old?.ids !== undefined && old.ids !== cached.ids) {
+      this.#knownIds -= old.ids.size;
+    }
     const part = idPart(threadId);
     if (typeof part === "string") this.#heads.set(part, cached);
     else this.#hashed.set(hex(part), cached);
   }
 
+  /**
+   * What to remember of a generation's append ids after a commit of this
+   * isolate recorded `recorded` in it: `previous` (what was known of it)
+   * grown by them, or for a generation the commit created (`created`), them
+   * alone; `undefined` when nothing complete is known, or when remembering
+   * more would pass the cache's budget (the ids are then checked in the
+   * store again).
+   */
+  learnIds(
+    previous: Map<string, number> | undefined,
+    created: boolean,
+    recorded: ReadonlyMap<string, number>,
+  ): Map<string, number> | undefined {
+    const ids = created ? new Map<string, number>() : previous;
+    if (ids === undefined) return undefined;
+    if (this.#knownIds + recorded.size > KNOWN_IDS) return undefined;
+    for (const [id, index] of recorded) ids.set(id, index);
+    this.#knownIds += recorded.size;
+    return ids;
+  }
+
   /** Drops every head when `more` of them would grow the cache past its size. */
   makeRoom(more: number): void {
     if (this.#heads.size + this.#hashed.size + more > HEAD_CACHE_SIZE) {
-      this.#heads.clear();
-      this.#hashed.clear();
+      this.#clear();
     }
   }
 
   /** Forgets the head of `threadId` (of every thread if absent) and the counter. */
   forget(threadId?: KeyId): void {
     if (threadId === undefined) {
-      this.#heads.clear();
-      this.#hashed.clear();
+      this.#clear();
     } else {
+      const old = this.get(threadId);
+      if (old?.ids !== undefined) this.#knownIds -= old.ids.size;
       const part = idPart(threadId);
       if (typeof part === "string") this.#heads.delete(part);
       else this.#hashed.delete(hex(part));
     }
     this.count = undefined;
+  }
+
+  #clear(): void {
+    this.#heads.clear();
+    this.#hashed.clear();
+    this.#knownIds = 0;
   }
 }
 

@@ -10,6 +10,13 @@
 // - naive compare-and-set append: read the length, then
 //   `atomic().check(length).set(slot).set(length + 1)`, retry on conflict.
 //
+// Each shape's group also has the backend with idempotency on:
+// `idempotentRetries` (each commit rewrites the backend's producer record:
+// what a remote KV does by default, so that a retry never applies twice),
+// and that with an `appendId` on every call. The "kv: idempotency cost"
+// groups put each against the same backend with both off as baseline
+// (issue 11: at most 15% one by one, 10% with 256 in flight).
+//
 // Every iteration appends 256 200-byte slots; slots/s = 256 / time per iteration.
 // (Bench functions are `async`: Deno.bench awaits only async functions.)
 
@@ -54,6 +61,23 @@ const naiveCas: Append = async (threadId, slot) => {
 const viaBackend: Append = (threadId, slot) =>
   backend.bufferAppend(threadId, slot);
 
+// Idempotency on: an appendId on every call (unique per call), and a
+// backend whose commits carry the producer record (idempotentRetries).
+let appendIds = 0;
+const withAppendId: Append = (threadId, slot) =>
+  backend.bufferAppend(threadId, slot, { appendId: `a${appendIds++}` });
+const idempotent = await KvBackend.open({
+  kvPath,
+  prefix: "bench-idem:",
+  ttlMs: 0,
+  maxSlotsPerThread: Number.MAX_SAFE_INTEGER,
+  maxThreads: 1_000_000,
+}, { idempotentRetries: true });
+const viaIdempotent: Append = (threadId, slot) =>
+  idempotent.bufferAppend(threadId, slot);
+const viaIdempotentWithId: Append = (threadId, slot) =>
+  idempotent.bufferAppend(threadId, slot, { appendId: `b${appendIds++}` });
+
 let ceilingSeq = 0;
 /** The group-commit ceiling: all slots of an iteration in commits of up to 500 sets. */
 async function ceiling(threads: readonly string[]): Promise<void> {
@@ -86,6 +110,20 @@ for (const [shape, threads, run] of SHAPES) {
     },
   });
   Deno.bench({
+    name: "KvBackend.bufferAppend, idempotentRetries on",
+    group,
+    fn: async () => {
+      await run(viaIdempotent, threads);
+    },
+  });
+  Deno.bench({
+    name: "KvBackend.bufferAppend, idempotentRetries and appendId on",
+    group,
+    fn: async () => {
+      await run(viaIdempotentWithId, threads);
+    },
+  });
+  Deno.bench({
     name: "raw kv.set (no index)",
     group,
     fn: async () => {
@@ -98,6 +136,40 @@ for (const [shape, threads, run] of SHAPES) {
     ...slow,
     fn: async () => {
       await run(naiveCas, threads);
+    },
+  });
+}
+
+for (const [shape, threads, run] of SHAPES) {
+  const group = `kv: idempotency cost, ${shape}`;
+  Deno.bench({
+    name:
+      "baseline: KvBackend.bufferAppend, no appendId, idempotentRetries off",
+    group,
+    baseline: true,
+    fn: async () => {
+      await run(viaBackend, threads);
+    },
+  });
+  Deno.bench({
+    name: "appendId on every call",
+    group,
+    fn: async () => {
+      await run(withAppendId, threads);
+    },
+  });
+  Deno.bench({
+    name: "idempotentRetries (the producer record in every commit)",
+    group,
+    fn: async () => {
+      await run(viaIdempotent, threads);
+    },
+  });
+  Deno.bench({
+    name: "both",
+    group,
+    fn: async () => {
+      await run(viaIdempotentWithId, threads);
     },
   });
 }
