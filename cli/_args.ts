@@ -94,7 +94,7 @@ export const COMMANDS = {
       "yet is waited for.",
   },
   serve: {
-    synopsis: "[--port N] [--host HOST] [--allow-write]",
+    synopsis: "[--port N]",
     flags: {
       port: {
         type: "string",
@@ -266,7 +266,8 @@ Output:
   -h, --help                  help (also: help <command>)
   --version                   the version of @xml-pipeline/shared-backend
 
-Exit codes: 0 done, 1 not found, 2 bad usage, 3 store unreachable or failed.`;
+Exit codes: 0 done, 1 not found, 2 bad usage, 3 store unreachable or failed,
+130 interrupted (Ctrl-C; it ends watch and serve with 0).`;
 
 /**
  * Reads the command line: a text to print (help, version), or the command to

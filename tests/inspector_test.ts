@@ -970,9 +970,24 @@ Deno.test({
           );
           const shot = Deno.env.get("XP_INSPECTOR_SCREENSHOT");
           if (shot !== undefined) {
+            // For the docs: the list, and a router's thread (both directions).
             await page.click("#tab-threads");
             await page.fill("#search", "");
-            await page.waitForTimeout(400);
+            await page.waitForFunction(
+              (n) =>
+                document.querySelectorAll("#threads tbody tr").length === n,
+              stats.threads,
+            );
+            await page.locator("#threads tbody tr").filter({
+              has: page.locator("td:nth-child(3)", {
+                hasText: /^console-0\.router$/,
+              }),
+            }).click();
+            await page.waitForFunction(() =>
+              document.querySelector("#thread-chain")?.textContent ===
+                "chain console-0.router"
+            );
+            await page.waitForTimeout(300);
             await page.screenshot({ path: shot });
           }
         });
