@@ -112,6 +112,7 @@ main { flex: 1; display: flex; min-height: 0; }
 aside { width: 44%; max-width: 720px; min-width: 320px; border-right: 1px solid var(--line);
   display: flex; flex-direction: column; min-height: 0; }
 aside > section { overflow: auto; flex: 1; }
+aside p { padding: 0 8px; }
 #search { margin: 8px; padding: 6px 8px; border: 1px solid var(--line); border-radius: 4px; font: inherit; }
 .tabs { display: flex; gap: 4px; padding: 0 8px; border-bottom: 1px solid var(--line); }
 .tabs button { border: 0; background: none; padding: 6px 10px; font: inherit; cursor: pointer;
