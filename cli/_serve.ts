@@ -373,11 +373,12 @@ async function events(
 ): Promise<Response> {
   const threadId = threadParam(params);
   const resumeAt = request.headers.get("last-event-id");
+  const asked = intParam(params, "from", 0, Number.MAX_SAFE_INTEGER);
+  // Also checks the id: a bad one fails here, as a 400.
+  const length = await backend.bufferThreadLen(threadId);
   const from = resumeAt !== null && /^\d+$/.test(resumeAt)
     ? Number(resumeAt)
-    : intParam(params, "from", 0, Number.MAX_SAFE_INTEGER) ??
-      await backend.bufferThreadLen(threadId);
-  await backend.bufferThreadLen(threadId); // a bad id fails here, as a 400
+    : asked ?? length;
   let unsubscribe = () => {};
   let closed = false;
   const body = new ReadableStream<Uint8Array>({
