@@ -47,6 +47,10 @@
 //                                  pair's expiry ("+inf" when ttlMs = 0);
 //                                  PEXPIREAT = its highest score (none
 //                                  while it holds a persistent pair)
+//   T + ":w:" + threadId   channel the thread's watch announcements (not a
+//                                  key: see ANNOUNCE in _redis_scripts.ts,
+//                                  which derives it from the index key, and
+//                                  _redis_subscriber.ts)
 //
 // The scripts derive the tag from the index key (T + ":threads" -> T), and
 // from it the thread, id and channel keys of a thread id: change them
@@ -73,6 +77,8 @@ export interface RedisKeys {
   readonly chainPrefix: string;
   /** Prefix of uuid -> chain keys. */
   readonly uuidPrefix: string;
+  /** Prefix of watch channels: `channelPrefix + id` is a thread's channel. */
+  readonly channelPrefix: string;
   /** The list key of a thread. */
   thread(threadId: string): string;
   /** The hash of a thread's append ids (appendId -> index). */
@@ -106,6 +112,7 @@ export function redisKeys(prefix: string): RedisKeys {
     threadPrefix,
     chainPrefix,
     uuidPrefix,
+    channelPrefix: `${tag}:w:`,
     thread: (threadId) => threadPrefix + threadId,
     ids: (threadId) => `${tag}:i:${threadId}`,
     records: (producer) => `${tag}:p:${producer}`,

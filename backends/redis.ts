@@ -53,6 +53,8 @@
 //   _redis_ops.ts         retries until the deadline, op records (a retry
 //                         applies once), WAIT for durableReplicas
 //   _redis_scripts.ts     the Lua scripts (every mutation is one)
+//   _redis_subscriber.ts  the watches' source: one subscriber connection,
+//                         the expiry of watched threads
 //   _redis_keys.ts        the key layout of a tenant
 //   _redis_client.ts      the part of the ioredis API used, declared (no import)
 // It must never import ioredis, not even a type: the connection loads it
@@ -83,6 +85,7 @@ import { RedisConnection } from "./_redis_connection.ts";
 import { type RedisKeys, redisKeys } from "./_redis_keys.ts";
 import { RedisOps } from "./_redis_ops.ts";
 import { defineScripts, type ScriptClient } from "./_redis_scripts.ts";
+import { RedisSubscriber } from "./_redis_subscriber.ts";
 
 // What this entry point's signatures name, so that it documents alone (JSR).
 export type { BackendConfig } from "../config.ts";
@@ -161,6 +164,8 @@ export class RedisBackend implements SharedBackend {
   #closed = false;
   /** Aborted by close(): every watch ends. */
   readonly #watchesEnd = new AbortController();
+  /** The watches' source (one subscriber connection), made at the first watch. */
+  #subscriber: RedisSubscriber | undefined;
   #closing: Promise<void> | undefined;
 
   private constructor(
@@ -245,23 +250,40 @@ export class RedisBackend implements SharedBackend {
 
   /**
    * {@inheritDoc SharedBackend.bufferWatch}
+   *
+   * Every watch of this backend shares one subscriber connection, opened at
+   * the first watch and closed when none is left: the append script
+   * announces new slots on the thread's channel (sharded pub/sub on
+   * Redis >= 7, in the tenant's hash slot), and after every reconnect each
+   * watch reads what it may have missed. A watch ends within 1 s of its
+   * thread's expiry (one timer per backend checks the threads due).
+   *
+   * @example Wait for the next slot, appended by another process (needs a server)
+   * ```ts ignore
+   * import { RedisBackend } from "@xml-pipeline/shared-backend/redis";
+   *
+   * await using backend = await RedisBackend.open({ redisUrl: "redis://localhost:6379" });
+   * for await (const { index, slot } of backend.bufferWatch("thread-1")) {
+   *   console.log(index, new TextDecoder().decode(slot));
+   *   break;
+   * }
+   * ```
    */
   bufferWatch(
     threadId: string,
     options?: BufferWatchOptions,
   ): AsyncIterableIterator<WatchedSlot> {
-    // Interim source (issue 12 replaces it): wakes every watch every 100 ms.
+    this.#subscriber ??= new RedisSubscriber({
+      connection: this.#connection,
+      keys: this.#keys,
+      retryTimeoutMs: this.#retryTimeoutMs,
+    });
     return watchThread(
       {
         kind: this.kind,
         bufferGetRange: (id, start, end) => this.bufferGetRange(id, start, end),
         bufferThreadLen: (id) => this.bufferThreadLen(id),
-        watchSource: {
-          subscribe: (_id, wake) => {
-            const timer = setInterval(() => wake("changed"), 100);
-            return Promise.resolve(() => clearInterval(timer));
-          },
-        },
+        watchSource: this.#subscriber,
         closedSignal: this.#watchesEnd.signal,
         retryTimeoutMs: this.#retryTimeoutMs,
       },
@@ -544,9 +566,10 @@ export class RedisBackend implements SharedBackend {
   }
 
   /**
-   * Closes the backend: sends the appends still queued, waits for every
-   * append on the wire, then (for a connection it opened) sends `QUIT` and
-   * waits until the socket has ended. An injected `redisClient` is left open.
+   * Closes the backend: ends every watch and the subscriber connection,
+   * sends the appends still queued, waits for every append on the wire, then
+   * (for a connection it opened) sends `QUIT` and waits until the socket has
+   * ended. An injected `redisClient` is left open.
    * Idempotent; afterwards every call rejects with
    * {@linkcode BackendClosedError}.
    */
@@ -555,7 +578,7 @@ export class RedisBackend implements SharedBackend {
     this.#closed = true;
     this.#watchesEnd.abort();
     this.#closing = (async () => {
-      await this.#appender.drain();
+      await Promise.all([this.#appender.drain(), this.#subscriber?.close()]);
       await this.#connection.close();
     })();
     return this.#closing;
