@@ -50,6 +50,7 @@ for (const isolates of [2, 4]) {
       const load = await drive({
         url: service.url,
         connections: CONNECTIONS,
+        isolates,
         count: MESSAGES,
         request: (n) => {
           const threadId = conversations[SHARE[n % SHARE.length]!]!.uuid;

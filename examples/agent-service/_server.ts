@@ -119,25 +119,34 @@ async function startOnce(
   };
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + (options.readyTimeoutMs ?? 60_000);
-  using client = Deno.createHttpClient({});
-  while (true) {
+  // Ready when every isolate has answered: a keep-alive connection stays
+  // with the isolate that accepted it, so a load started while only some
+  // isolates listen would never reach the others. Each probe is a new
+  // connection (its own client), which the kernel gives to any listener.
+  const seen = new Set<string>();
+  while (seen.size < options.isolates) {
     if (exited || Date.now() > deadline) {
       await stop();
       throw new Error(
         `The service did not start (${
-          exited ? "it exited" : "no answer"
+          exited
+            ? "it exited"
+            : `${seen.size} of ${options.isolates} isolates answered`
         }):\n${text}`,
       );
     }
+    using client = Deno.createHttpClient({});
     try {
       const response = await fetch(`${url}/health`, {
         client,
         signal: AbortSignal.timeout(2_000),
       });
-      await response.body?.cancel();
-      if (response.ok) break;
-    } catch { /* not listening yet */ }
-    await new Promise((resolve) => setTimeout(resolve, 100));
+      const body = await response.json();
+      if (response.ok) seen.add(body.isolate);
+    } catch {
+      // Not listening yet.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
   }
   return {
     url,

@@ -12,7 +12,10 @@
  * | `GET /conversations/:uuid/messages?start=&end=` | `buffer.getSlice(uuid, start, end)` | `200 { messages }` |
  * | `POST /conversations/:uuid/calls` `{ to }` | `registry.extendChain(uuid, to)` | `201 { uuid, chain }` |
  * | `POST /conversations/:uuid/response` | `registry.pruneForResponse(uuid)` | `200 { target, uuid }` or `200 null` |
- * | `GET /health` | `backend.ping()` and `backend.stats()` | `200 { ok, stats }` |
+ * | `GET /health` | `backend.ping()` and `backend.stats()` | `200 { ok, isolate, stats }` |
+ *
+ * `isolate` is a random id of the handler, so of the isolate that answered:
+ * under `deno serve --parallel` it tells the isolates apart.
  *
  * A bad request (not JSON, a missing or invalid field) is a `400`, an unknown
  * conversation a `404`, a full thread or too many threads a `409`, a store
@@ -95,13 +98,15 @@ export function agentService(
 ): (request: Request) => Promise<Response> {
   const registry = new ThreadRegistry(backend);
   const buffer = new ContextBuffer(backend);
+  const isolate = crypto.randomUUID().slice(0, 8);
 
   async function route(request: Request): Promise<[number, unknown]> {
     const url = new URL(request.url);
     const parts = url.pathname.split("/").filter((part) => part !== "");
     const method = request.method;
     if (parts.length === 1 && parts[0] === "health" && method === "GET") {
-      return [200, { ok: await backend.ping(), stats: await backend.stats() }];
+      const ok = await backend.ping();
+      return [200, { ok, isolate, stats: await backend.stats() }];
     }
     if (parts[0] !== "conversations") throw new HttpError(404, "Not found");
     if (parts.length === 1 && method === "POST") {
