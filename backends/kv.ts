@@ -314,13 +314,7 @@ export class KvBackend implements SharedBackend {
         }
       }
     } catch (error) {
-      const where = path === undefined
-        ? "the default Deno KV"
-        : JSON.stringify(path);
-      throw new BackendError(
-        `Cannot open ${where}: ${errorMessage(error)}; check kvPath`,
-        { cause: error },
-      );
+      throw openFailure(path, error);
     }
     try {
       await checkChecksAllowed(kv, resolved, options);
@@ -731,6 +725,45 @@ async function checkChecksAllowed(
       throw refuse(errorMessage(error));
     }
   }
+}
+
+/**
+ * Why Deno KV did not open, as a {@linkcode BackendError} that names what to
+ * change: the flag when Deno KV is not enabled (`--unstable-kv`) or a
+ * permission is missing, the variable when KV Connect has no access token,
+ * else the path.
+ */
+function openFailure(path: string | undefined, error: unknown): BackendError {
+  const where = path === undefined
+    ? "the default Deno KV"
+    : JSON.stringify(path);
+  const failure = (why: string) =>
+    new BackendError(`Cannot open ${where}: ${why}`, { cause: error });
+  if (typeof Deno.openKv !== "function") {
+    return failure(
+      'Deno KV is not enabled; run Deno with --unstable-kv (or add "unstable": ["kv"] to deno.json)',
+    );
+  }
+  const message = errorMessage(error);
+  // Deno's wording: Requires read access to "state.db", run again with the --allow-read flag
+  const denied = /Requires (read|write|net|env) access to "([^"]+)"/.exec(
+    message,
+  );
+  if (denied !== null) {
+    const [, kind, target] = denied;
+    const flags = kind === "read" || kind === "write"
+      ? `--allow-read=${target} --allow-write=${target}` // a file: both
+      : `--allow-${kind}=${target}`;
+    return failure(
+      `Deno KV needs ${kind} access to "${target}"; run Deno with ${flags}`,
+    );
+  }
+  if (message.includes("DENO_KV_ACCESS_TOKEN")) {
+    return failure(
+      `set DENO_KV_ACCESS_TOKEN to the access token of the KV Connect server (${message})`,
+    );
+  }
+  return failure(`${message}; check kvPath`);
 }
 
 /** Checks the options of {@linkcode KvBackend.open}; the message names the option. */
