@@ -167,8 +167,17 @@ export class RedisConnection {
     client.on("error", (error) => {
       lastError = error instanceof Error ? error : new Error(String(error));
     });
+    const connected = client.connect().catch((error) => {
+      // Closed during the handshake without a socket error (not refused):
+      // ioredis connects again by itself; wait for it, within the timeout.
+      if (lastError !== undefined || client.status === "end") throw error;
+      return new Promise<void>((resolve, reject) => {
+        client.once("ready", () => resolve());
+        client.once("end", () => reject(lastError ?? error));
+      });
+    });
     try {
-      await withTimeout(client.connect(), CONNECT_TIMEOUT_MS, () => {
+      await withTimeout(connected, CONNECT_TIMEOUT_MS, () => {
         throw new Error(`no answer within ${CONNECT_TIMEOUT_MS} ms`);
       });
     } catch (error) {

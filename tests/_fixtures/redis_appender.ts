@@ -21,6 +21,8 @@ export interface AppendJob {
   distinctThreads?: boolean;
   maxSlotsPerThread?: number;
   maxThreads?: number;
+  /** Append slot i with `appendId: ${appendIdPrefix}-${i}` (writers sharing it race on the same ids). */
+  appendIdPrefix?: string;
 }
 
 /** One append's outcome: its index, or the name of the error it rejected with. */
@@ -67,6 +69,9 @@ export async function runJob(job: AppendJob): Promise<AppendOutcome[]> {
         const index = await backend.bufferAppend(
           threadId,
           taggedSlot(job.writer, seq, job.size),
+          job.appendIdPrefix === undefined
+            ? undefined
+            : { appendId: `${job.appendIdPrefix}-${seq}` },
         );
         outcomes.push({ seq, index });
       } catch (error) {
