@@ -20,13 +20,6 @@ Deno.test("RedisBackend meets the shared-backend contract", async (t) => {
   await runConformanceSuite(t, {
     name: "redis",
     open: (config) => RedisBackend.open({ ...config, redisUrl: server.url }),
-    // Until issue 12 lands on this backend (interim stub).
-    skip: {
-      "deleted or cleared":
-        "its interim watch source does not report deletion yet",
-      "of its thread's expiry":
-        "its interim watch source does not report expiry yet",
-    },
   });
 });
 
@@ -63,13 +56,6 @@ Deno.test("RedisBackend meets the contract on Redis Cluster (one node holding ev
     await runConformanceSuite(t, {
       name: "redis cluster",
       open: (config) => RedisBackend.open({ ...config, redisClient: cluster }),
-      // Until issue 12 lands on this backend (interim stub).
-      skip: {
-        "deleted or cleared":
-          "its interim watch source does not report deletion yet",
-        "of its thread's expiry":
-          "its interim watch source does not report expiry yet",
-      },
     });
   } finally {
     const ended = new Promise((resolve) => cluster.once("end", resolve));
@@ -1291,13 +1277,6 @@ Deno.test("RedisBackend retries until retryTimeoutMs and applies each call once 
               ...config,
               redisUrl: `redis://127.0.0.1:${proxy.port}`,
             }),
-          // Until issue 12 lands on this backend (interim stub).
-          skip: {
-            "deleted or cleared":
-              "its interim watch source does not report deletion yet",
-            "of its thread's expiry":
-              "its interim watch source does not report expiry yet",
-          },
         });
       } finally {
         stopped = true;
