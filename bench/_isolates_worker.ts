@@ -29,6 +29,8 @@ export interface IsolateReport {
   errors: number;
   firstError?: string;
   elapsedMs: number;
+  /** Each append's latency in milliseconds (successful or not). */
+  latencies: Float64Array;
 }
 
 interface Appender {
@@ -103,13 +105,20 @@ async function run(
   appender: Appender,
 ): Promise<IsolateReport> {
   const slot = new Uint8Array(job.slotBytes).fill(7);
-  const report: IsolateReport = { appends: 0, errors: 0, elapsedMs: 0 };
+  const latencies: number[] = [];
+  const report: IsolateReport = {
+    appends: 0,
+    errors: 0,
+    elapsedMs: 0,
+    latencies: new Float64Array(),
+  };
   const start = performance.now();
   const deadline = start + job.durationMs;
   let next = 0;
   const lane = async () => {
     while (performance.now() < deadline) {
       const threadId = job.threads[next++ % job.threads.length]!;
+      const sent = performance.now();
       try {
         await appender.append(threadId, slot);
         report.appends++;
@@ -117,16 +126,18 @@ async function run(
         report.errors++;
         report.firstError ??= String(error);
       }
+      latencies.push(performance.now() - sent);
     }
   };
   await Promise.all(Array.from({ length: job.inflight }, lane));
   report.elapsedMs = performance.now() - start;
+  report.latencies = Float64Array.from(latencies);
   return report;
 }
 
 const worker = self as unknown as {
   onmessage: ((event: MessageEvent) => void) | null;
-  postMessage: (message: unknown) => void;
+  postMessage: (message: unknown, transfer?: Transferable[]) => void;
   close: () => void;
 };
 let job: IsolateJob | undefined;
@@ -140,6 +151,6 @@ worker.onmessage = async (event: MessageEvent<IsolateJob | "go">) => {
   }
   const report = await run(job!, appender!);
   await appender!.close();
-  worker.postMessage(report);
+  worker.postMessage(report, [report.latencies.buffer as ArrayBuffer]);
   worker.close();
 };

@@ -1,21 +1,24 @@
 /**
  * Multi-isolate append throughput: total appends/s with 1, 2 and 4 Workers
  * appending to one store at once, the package's backend beside the naive
- * approach a user would hand-write for that store, with ratios.
+ * approach a user would hand-write for that store, with ratios, and the
+ * backend's p99 and max latency per append. (`bench/isolates_serve.ts` is the
+ * same question over HTTP, under `deno serve --parallel`.)
  *
  * ```sh
  * deno run -A bench/isolates.ts                      # kv: a fresh temp KV file
- * deno run -A bench/isolates.ts --backend kv --seconds 3 --inflight 32 --threads 1
+ * deno run -A bench/isolates.ts --backend kv --seconds 10 --inflight 8 --threads 100,1
  * deno run -A bench/isolates.ts --backend redis      # redis: its own redis-server
  * ```
  *
  * Options: `--backend kv|redis` (redis: `--redis-url`, default: a
  * redis-server started on a free port and stopped at the end), `--seconds`
  * per run (default 2),
- * `--inflight` appends in flight per worker (default 16), `--threads` shared
- * by all workers (default 1: every worker appends to the same thread, the
- * hardest case), `--workers` (default 1,2,4), `--kv-path` (default: a fresh
- * temp file, removed at the end).
+ * `--inflight` appends in flight per worker (default 16), `--threads`: the
+ * shapes, each a number of threads shared by all workers (default 1: every
+ * worker appends to the same thread, the hardest case; `100,1` runs both),
+ * `--workers` (default 1,2,4), `--kv-path` (default: a fresh temp file,
+ * removed at the end).
  *
  * @module
  */
@@ -45,10 +48,7 @@ if (backend !== "kv" && backend !== "redis") {
 }
 const durationMs = Number(values.seconds) * 1000;
 const inflight = Number(values.inflight);
-const threads = Array.from(
-  { length: Number(values.threads) },
-  (_, i) => `thread-${i}`,
-);
+const shapes = values.threads.split(",").map(Number);
 const workerCounts = values.workers.split(",").map(Number);
 
 /** Per backend: the store config shared by all workers, and its cleanup. */
@@ -81,11 +81,28 @@ async function storeFor(
   };
 }
 
-/** Runs `count` workers at once; returns total appends/s and errors. */
+/** What `count` workers did together. */
+interface Measured {
+  rate: number;
+  errors: number;
+  firstError?: string;
+  /** Latency per append in milliseconds: 99th percentile and largest. */
+  p99: number;
+  max: number;
+}
+
+/** The `p` quantile (0..1) of some numbers, by the nearest-rank method. */
+function quantile(values: Float64Array, p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = values.toSorted();
+  return sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!;
+}
+
+/** Runs `count` workers at once; returns total appends/s, errors and latencies. */
 async function measure(
   count: number,
   job: IsolateJob,
-): Promise<{ rate: number; errors: number; firstError?: string }> {
+): Promise<Measured> {
   const url = new URL("./_isolates_worker.ts", import.meta.url);
   const workers = Array.from(
     { length: count },
@@ -109,9 +126,19 @@ async function measure(
     const appends = reports.reduce((sum, r) => sum + r.appends, 0);
     const elapsed = Math.max(...reports.map((r) => r.elapsedMs));
     const firstError = reports.find((r) => r.firstError)?.firstError;
+    const latencies = new Float64Array(
+      reports.reduce((sum, r) => sum + r.latencies.length, 0),
+    );
+    let at = 0;
+    for (const r of reports) {
+      latencies.set(r.latencies, at);
+      at += r.latencies.length;
+    }
     return {
       rate: appends / (elapsed / 1000),
       errors: reports.reduce((sum, r) => sum + r.errors, 0),
+      p99: quantile(latencies, 0.99),
+      max: latencies.reduce((a, b) => Math.max(a, b), 0),
       ...(firstError === undefined ? {} : { firstError }),
     };
   } finally {
@@ -120,73 +147,95 @@ async function measure(
 }
 
 const store = await storeFor(backend);
-const rows: string[][] = [];
+const tables: string[] = [];
 let run = 0;
-const base: Record<string, number> = {};
 try {
-  for (const count of workerCounts) {
-    const results: Record<string, Awaited<ReturnType<typeof measure>>> = {};
-    for (const mode of ["backend", "naive"] as const) {
-      const config: BackendConfig = {
-        ...store.config,
-        prefix: `bench-isolates-${run++}:`,
-        ttlMs: 0,
-        maxSlotsPerThread: Number.MAX_SAFE_INTEGER,
-      };
-      const job: IsolateJob = {
-        backend,
-        mode,
-        config,
-        threads,
-        durationMs,
-        inflight,
-        slotBytes: 200,
-      };
-      try {
-        results[mode] = await measure(count, job);
-      } catch (error) {
-        // No naive appender for this backend (yet): show n/a, keep going.
-        if (mode === "backend") throw error;
-        results[mode] = { rate: NaN, errors: 0, firstError: String(error) };
+  for (const threadCount of shapes) {
+    const threads = Array.from(
+      { length: threadCount },
+      (_, i) => `thread-${i}`,
+    );
+    const rows: string[][] = [];
+    const base: Record<string, Measured> = {};
+    for (const count of workerCounts) {
+      const results: Record<string, Measured> = {};
+      for (const mode of ["backend", "naive"] as const) {
+        const config: BackendConfig = {
+          ...store.config,
+          prefix: `bench-isolates-${run++}:`,
+          ttlMs: 0,
+          maxSlotsPerThread: Number.MAX_SAFE_INTEGER,
+        };
+        const job: IsolateJob = {
+          backend,
+          mode,
+          config,
+          threads,
+          durationMs,
+          inflight,
+          slotBytes: 200,
+        };
+        try {
+          results[mode] = await measure(count, job);
+        } catch (error) {
+          // No naive appender for this backend (yet): show n/a, keep going.
+          if (mode === "backend") throw error;
+          results[mode] = {
+            rate: NaN,
+            errors: 0,
+            p99: NaN,
+            max: NaN,
+            firstError: String(error),
+          };
+        }
+        base[mode] ??= results[mode];
       }
-      base[mode] ??= results[mode].rate;
+      const b = results.backend!;
+      const n = results.naive!;
+      const rate = (r: number) =>
+        Number.isNaN(r) ? "n/a" : Math.round(r).toLocaleString("en-US");
+      const ratio = (r: number, digits: number) =>
+        Number.isNaN(r) ? "n/a" : `${r.toFixed(digits)}x`;
+      const ms = (value: number) => `${value.toFixed(value < 10 ? 1 : 0)} ms`;
+      rows.push([
+        String(count),
+        rate(b.rate),
+        ratio(b.rate / base.backend!.rate, 2),
+        ms(b.p99),
+        ratio(b.p99 / base.backend!.p99, 2),
+        ms(b.max),
+        rate(n.rate),
+        ratio(n.rate / base.naive!.rate, 2),
+        ratio(b.rate / n.rate, 1),
+        b.errors + n.errors === 0
+          ? ""
+          : `${b.errors}/${n.errors} (${b.firstError ?? n.firstError})`,
+      ]);
     }
-    const b = results.backend!;
-    const n = results.naive!;
-    const rate = (r: number) =>
-      Number.isNaN(r) ? "n/a" : Math.round(r).toLocaleString("en-US");
-    const ratio = (r: number, digits: number) =>
-      Number.isNaN(r) ? "n/a" : `${r.toFixed(digits)}x`;
-    rows.push([
-      String(count),
-      rate(b.rate),
-      ratio(b.rate / base.backend!, 2),
-      rate(n.rate),
-      ratio(n.rate / base.naive!, 2),
-      ratio(b.rate / n.rate, 1),
-      b.errors + n.errors === 0
-        ? ""
-        : `${b.errors}/${n.errors} (${b.firstError ?? n.firstError})`,
-    ]);
+    const header = [
+      "workers",
+      "backend appends/s",
+      "vs 1 worker",
+      "p99",
+      "p99 vs 1 worker",
+      "max",
+      "naive appends/s",
+      "vs 1 worker",
+      "backend / naive",
+      "errors (backend/naive)",
+    ];
+    tables.push(
+      [
+        `${backend}: total appends/s of 200-byte slots, ${inflight} in flight per worker, ${threads.length} thread(s) shared by all workers, ${
+          durationMs / 1000
+        } s per run`,
+        `| ${header.join(" | ")} |`,
+        `| ${header.map(() => "---").join(" | ")} |`,
+        ...rows.map((row) => `| ${row.join(" | ")} |`),
+      ].join("\n"),
+    );
   }
 } finally {
   await store.cleanUp();
 }
-
-console.log(
-  `${backend}: total appends/s of 200-byte slots, ${inflight} in flight per worker, ${threads.length} thread(s) shared by all workers, ${
-    durationMs / 1000
-  } s per run`,
-);
-const header = [
-  "workers",
-  "backend appends/s",
-  "vs 1 worker",
-  "naive appends/s",
-  "vs 1 worker",
-  "backend / naive",
-  "errors (backend/naive)",
-];
-console.log(`| ${header.join(" | ")} |`);
-console.log(`| ${header.map(() => "---").join(" | ")} |`);
-for (const row of rows) console.log(`| ${row.join(" | ")} |`);
+console.log(tables.join("\n\n"));
