@@ -155,17 +155,29 @@ export async function settleHeads(
   entries: readonly Deno.KvEntry<ThreadHead>[],
   now: number = Date.now(),
 ): Promise<Deno.KvEntry<ThreadHead>[]> {
-  const settled = await Promise.all(
-    entries.map((entry) =>
-      headIsLive(entry.value, now) || entry.value.x === 1
-        ? entry
-        : settleEntry(store, entry, now)
-    ),
+  const settled: (Deno.KvEntry<ThreadHead> | null)[] = entries.map((entry) =>
+    headIsLive(entry.value, now) ? entry : null
   );
-  return settled.filter((entry): entry is Deno.KvEntry<ThreadHead> =>
-    entry !== null && headIsLive(entry.value, now)
+  // Expired heads not sealed yet (usually the sweep has retired them), a
+  // few at a time.
+  const expired = entries.flatMap((entry, i) =>
+    settled[i] === null && entry.value.x !== 1 ? [i] : []
   );
+  for (let first = 0; first < expired.length; first += SEALS_AT_ONCE) {
+    await Promise.all(
+      expired.slice(first, first + SEALS_AT_ONCE).map(async (i) => {
+        const entry = await settleEntry(store, entries[i]!, now);
+        settled[i] = entry !== null && headIsLive(entry.value, now)
+          ? entry
+          : null;
+      }),
+    );
+  }
+  return settled.filter((entry) => entry !== null);
 }
+
+/** Expired heads a listing seals at once. */
+const SEALS_AT_ONCE = 32;
 
 async function settleEntry(
   store: KvStore,
