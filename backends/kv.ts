@@ -139,9 +139,21 @@ export interface KvBackendOptions {
  * expiry). An append commits its slot together with the new head in one
  * atomic operation that checks the head's versionstamp, so across isolates
  * and processes the indexes are exactly `0..n-1`. A commit that loses a race
- * is retried with jittered backoff, at most `maxAttempts` times, then the
- * append rejects with a {@linkcode BackendError}: never a silent loss.
- * `TypeError: database is locked` from a busy file counts as such a race.
+ * is planned again with jittered backoff, at most `maxAttempts` times; one
+ * that fails in a way that may pass (`TypeError: database is locked` from a
+ * busy file, a lost connection to a remote KV) is retried until the config's
+ * `retryTimeoutMs`. Then the append rejects with a {@linkcode BackendError}
+ * that says whether it was applied: never a silent loss, never applied twice
+ * (where an answer may be lost, `idempotentRetries` lets a retry find out
+ * whether the attempt before it was applied).
+ *
+ * **Append ids.** An `appendId` is recorded beside the thread's slots in the
+ * same commit as the slot, so a repeat from any process returns the first
+ * one's index; the ids go with the thread (deletion, expiry, clear).
+ *
+ * **Gone stays gone.** A read that finds a thread expired seals its head
+ * before answering, so an append planned before the expiry whose commit
+ * lands after it starts the thread anew instead of bringing old slots back.
  *
  * **Group commit.** Appends made concurrently in one isolate wait in a queue
  * while a commit is in flight; the next commit takes as many of them as the
@@ -790,6 +802,15 @@ function checkOptions(options: KvBackendOptions): void {
     throw new TypeError(
       `Invalid watchPolling: expected a boolean, got ${typeof options
         .watchPolling}`,
+    );
+  }
+  if (
+    options.idempotentRetries !== undefined &&
+    typeof options.idempotentRetries !== "boolean"
+  ) {
+    throw new TypeError(
+      `Invalid idempotentRetries: expected a boolean, got ${typeof options
+        .idempotentRetries}`,
     );
   }
   const timeout = options.uploadTimeoutMs;
