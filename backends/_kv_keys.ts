@@ -24,7 +24,13 @@
 // "exp" is the expiry index the sweep walks in key order (see _kv_sweep.ts): second is
 // the pair's or generation's expiry time in whole seconds, or 0 for a
 // generation already dead (deleted, cleared, expired, replaced) whose slots
-// are still to be reclaimed; then the value is its length.
+// are still to be reclaimed; then the value is its length. Its builders below
+// give a tenant's form; _kv_sweep.ts stores each entry store-wide, as
+// `[true, "exp", second, p, ...the rest]`, so that one listing finds what is
+// due in every prefix (also one never used again). Store-wide records start
+// with `true`, which is no prefix (prefixes are strings): that index, and
+// `[true, "sweeper"]`, the lease of the one backend that sweeps the store
+// (_kv_lease.ts).
 //
 // Append ids live under their generation's slots (a string never equals an
 // index), so whatever drops a generation's slots drops its append ids too.

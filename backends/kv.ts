@@ -52,7 +52,11 @@ import { checkKvPrefix, KvKeys } from "./_kv_keys.ts";
 import { KvReader } from "./_kv_reads.ts";
 import { KvRegistry } from "./_kv_registry.ts";
 import { KvStore } from "./_kv_store.ts";
-import { KvSweeper } from "./_kv_sweep.ts";
+import {
+  KvSweeper,
+  type KvSweepOptions,
+  type KvSweepResult,
+} from "./_kv_sweep.ts";
 import { KvWatchSource, watchModeOf } from "./_kv_watch.ts";
 import { isContention, jitteredDelay, KV_LIMITS } from "./_kv_util.ts";
 
@@ -66,6 +70,7 @@ export type {
   SharedBackend,
   WatchedSlot,
 } from "../protocol.ts";
+export type { KvSweepOptions, KvSweepResult } from "./_kv_sweep.ts";
 
 /**
  * Options of {@linkcode KvBackend.open} beyond the shared config: tuning that
@@ -128,6 +133,17 @@ export interface KvBackendOptions {
    * @default {true, except on ":memory:" and on Deno Deploy, where kv.watch delivers every write}
    */
   watchPolling?: boolean;
+  /**
+   * Whether this backend's calls run the routine sweep that reclaims expired
+   * data of the whole store (when this backend holds the store's sweeper
+   * lease: one backend of a store sweeps at a time). A call that runs it
+   * waits for at most 200 expiry-index entries and 10 000 slots. With
+   * `false`, calls never sweep; run {@linkcode KvBackend.sweep} yourself
+   * (from `Deno.cron`, say).
+   *
+   * @default {true}
+   */
+  sweepOnUse?: boolean;
 }
 
 /**
@@ -172,13 +188,17 @@ export interface KvBackendOptions {
  * (or registry pair's) expiry time with the clock, so data is gone exactly
  * when `ttlMs` has passed. An append rewrites only the head (O(1), however
  * long the thread), so slots cannot carry `expireIn`. Storage is reclaimed by
- * a sweep that every call runs at most once a second (it does not depend on
- * `listenQueue`, which Deno Deploy lacks): it walks an expiry index ordered
- * by expiry second up to now, retires expired heads, and deletes the slots
- * and chunks of dead generations (deleted, cleared, expired or replaced
- * threads) and expired registry pairs. Registry keys also carry `expireIn`
- * as a backstop for a prefix that is never used again; heads do not, because
- * the live-thread counter must drop exactly when a head goes.
+ * a sweep of the whole store (every prefix, also one never used again) that
+ * walks a store-wide expiry index ordered by expiry second up to now, retires
+ * expired heads in batches, and deletes the slots and chunks of dead
+ * generations (deleted, cleared, expired or replaced threads) and expired
+ * registry pairs. One backend of a store sweeps at a time (it holds a lease
+ * key); it sweeps on its calls, at most once a second and at most 200 index
+ * entries and 10 000 slots a call (`sweepOnUse`), or when
+ * {@linkcode KvBackend.sweep} is called. It does not depend on
+ * `listenQueue`, which Deno Deploy lacks. Registry keys also carry
+ * `expireIn` as a backstop; heads do not, because the live-thread counter
+ * must drop exactly when a head goes.
  *
  * **Limits** are part of the commits: the head's length for
  * `maxSlotsPerThread`, and a per-prefix counter of heads for `maxThreads`
@@ -266,7 +286,19 @@ export class KvBackend implements SharedBackend {
     const heads = new HeadCache();
     this.#reader = new KvReader(store, blobs);
     this.#registry = new KvRegistry(store, config.ttlMs);
-    this.#sweeper = new KvSweeper(store, blobs, this.#registry, heads);
+    const uploadTimeoutMs = options.uploadTimeoutMs ?? 60_000;
+    this.#sweeper = new KvSweeper(
+      { store, blobs, pairs: this.#registry },
+      heads,
+      {
+        onUse: options.sweepOnUse ?? true,
+        // Another prefix's blob store and registry, for the sweep only.
+        tenantOf: (other) => ({
+          blobs: new KvBlobStore(other, uploadTimeoutMs),
+          pairs: new KvRegistry(other, config.ttlMs),
+        }),
+      },
+    );
     this.#watches = new KvWatchSource(
       store,
       watchModeOf(path, config.kv !== undefined, options.watchPolling),
@@ -603,6 +635,54 @@ export class KvBackend implements SharedBackend {
   // ------------------------------------------------------------- lifecycle
 
   /**
+   * Reclaims the expired data of every prefix of the store now: expired
+   * threads and registry pairs, the storage of deleted and cleared threads,
+   * uploads whose writer died. One backend of a store sweeps at a time: if
+   * another holds the store's sweeper lease (it sweeps on its calls), this
+   * resolves at once with `swept: false`. Calls sweep a little on their own
+   * (see `sweepOnUse`); an app that turns that off, or wants reclamation
+   * without traffic, runs this from `Deno.cron`:
+   * `Deno.cron("sweep kv", "* * * * *", () => backend.sweep().then(() => {}))`.
+   *
+   * @param options How much to do at most.
+   * @returns What was done.
+   * @throws {RangeError} `maxEntries` is not a non-negative integer (or Infinity).
+   * @throws {BackendClosedError} The backend is closed.
+   * @throws {BackendError} The store failed.
+   *
+   * @example An expired thread of a prefix nobody uses any more is reclaimed
+   * ```ts
+   * import { KvBackend } from "@xml-pipeline/shared-backend/kv";
+   * import assert from "node:assert/strict";
+   *
+   * using kv = await Deno.openKv(":memory:");
+   * const abandoned = await KvBackend.open({ kv, prefix: "old:", ttlMs: 100 });
+   * await abandoned.bufferAppend("t1", new Uint8Array([1]));
+   * await abandoned.close();
+   * await new Promise((resolve) => setTimeout(resolve, 1_100));
+   *
+   * await using backend = await KvBackend.open({ kv, prefix: "new:" }, { sweepOnUse: false });
+   * const result = await backend.sweep();
+   * assert.equal(result.threads, 1);
+   * assert.deepEqual(await Array.fromAsync(kv.list({ prefix: ["old:", "slot"] })), []);
+   * ```
+   */
+  sweep(options: KvSweepOptions = {}): Promise<KvSweepResult> {
+    return this.#enter("sweep", async () => {
+      const max = options.maxEntries;
+      if (
+        max !== undefined && max !== Infinity &&
+        (!Number.isSafeInteger(max) || max < 0)
+      ) {
+        throw new RangeError(
+          `Invalid maxEntries: expected a non-negative integer or Infinity, got ${max}`,
+        );
+      }
+      return await this.#sweeper.sweep(options);
+    });
+  }
+
+  /**
    * {@inheritDoc SharedBackend.ping}
    *
    * On Deno KV: `false` if a read fails or takes over 5 s.
@@ -674,7 +754,7 @@ export class KvBackend implements SharedBackend {
       await Promise.allSettled([...this.#active]);
     }
     await this.#appends.idle();
-    await this.#sweeper.idle();
+    await this.#sweeper.close();
     await this.#watches.close();
     if (this.#ownsKv) this.#store.kv.close();
   }
@@ -795,14 +875,13 @@ function checkOptions(options: KvBackendOptions): void {
       `Invalid maxChecksPerAtomic: expected an integer >= 2, got ${options.maxChecksPerAtomic}`,
     );
   }
-  if (
-    options.watchPolling !== undefined &&
-    typeof options.watchPolling !== "boolean"
-  ) {
-    throw new TypeError(
-      `Invalid watchPolling: expected a boolean, got ${typeof options
-        .watchPolling}`,
-    );
+  for (const name of ["watchPolling", "sweepOnUse"] as const) {
+    const value = options[name];
+    if (value !== undefined && typeof value !== "boolean") {
+      throw new TypeError(
+        `Invalid ${name}: expected a boolean, got ${typeof value}`,
+      );
+    }
   }
   if (
     options.idempotentRetries !== undefined &&

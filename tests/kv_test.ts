@@ -47,6 +47,17 @@ async function rawEntries(
   return await Array.fromAsync(kv.list({ prefix: [prefix] }));
 }
 
+/** A tenant's entries in the store-wide expiry index `[true, "exp", second, prefix, ...]`. */
+async function indexEntries(
+  path: string,
+  prefix: string,
+): Promise<Deno.KvEntry<unknown>[]> {
+  using kv = await Deno.openKv(path);
+  return (await Array.fromAsync(kv.list({ prefix: [true, "exp"] }))).filter(
+    (entry) => entry.key[3] === prefix,
+  );
+}
+
 /** A guard against a hung writer: the test fails loudly instead of hanging. */
 const WRITER_TIMEOUT_MS = 60_000;
 
@@ -564,7 +575,10 @@ Deno.test("KvBackend group commit, limits and retries", async (t) => {
       );
       await sleep(1_000); // a new expiry second: the expiry entry moves too
       await backend.bufferAppend("long", new Uint8Array([1]));
-      const raw = await rawEntries(store.path, prefix);
+      const raw = [
+        ...await rawEntries(store.path, prefix),
+        ...await indexEntries(store.path, prefix),
+      ];
       const newest = raw.map((e) => e.versionstamp).sort().at(-1);
       const written = raw.filter((e) => e.versionstamp === newest);
       assert.ok(written.length <= 3, `${written.length} keys written`);
@@ -1155,9 +1169,9 @@ Deno.test("KvBackend registryRefresh() is one checked commit", async (t) => {
       assert.equal(records.length, 2);
       assert.equal(new Set(records.map((e) => e.versionstamp)).size, 1);
       const [chain] = records as Deno.KvEntry<{ e: number }>[];
-      const expiries = after.filter((e) => e.key[1] === "exp");
+      const expiries = await indexEntries(store.path, prefix);
       assert.deepEqual(expiries.map((e) => e.key), [
-        [prefix, "exp", Math.floor(chain!.value.e / 1000), "r", "c"],
+        [true, "exp", Math.floor(chain!.value.e / 1000), prefix, "r", "c"],
       ]);
       assert.ok(
         chain!.value.e >
@@ -1367,6 +1381,161 @@ Deno.test("KvBackend retries never apply a write twice (issue 11)", async (t) =>
       assert.deepEqual(await backend.bufferGetThread("t"), [
         new Uint8Array([1]),
       ]);
+    },
+  );
+});
+
+// ------------------------------ issue 10 defect 6, issue 13: reclaiming
+
+Deno.test("KvBackend reclaims expired data of every prefix of a store, one sweeper at a time", async (t) => {
+  /** Creates `count` threads of one slot each (one with a large slot, one with an append id) and `pairs` pairs. */
+  const fill = async (
+    path: string,
+    prefix: string,
+    count: number,
+    pairs = 0,
+  ) => {
+    await using writer = await KvBackend.open({
+      kvPath: path,
+      prefix,
+      ttlMs: 1_000,
+      maxThreads: count + 10,
+    });
+    await writer.bufferAppend("large", new Uint8Array(200_000).fill(1));
+    await writer.bufferAppend("ids", new Uint8Array([1]), { appendId: "a1" });
+    for (let i = 0; i < count; i += 500) {
+      await Promise.all(
+        Array.from(
+          { length: Math.min(500, count - i) },
+          (_, j) =>
+            writer.bufferAppend(`t${i + j}`, new Uint8Array([j & 0xff])),
+        ),
+      );
+    }
+    for (let i = 0; i < pairs; i++) {
+      await writer.registrySet(`chain.${i}`, `uuid-${i}`);
+    }
+    return Date.now();
+  };
+  /**
+   * What is left of a tenant: its keys and its entries in the expiry index,
+   * with numbers and small values (a failure shows no 60 KiB chunk).
+   */
+  const leftOf = async (path: string, prefix: string) =>
+    [
+      ...await rawEntries(path, prefix),
+      ...await indexEntries(path, prefix),
+    ].map(({ key, value }) => [
+      key,
+      value instanceof Uint8Array ? `${value.byteLength} bytes` : value,
+    ]);
+  const dueCount = async (path: string, prefix: string) =>
+    (await indexEntries(path, prefix)).length;
+
+  await t.step(
+    "an abandoned prefix's expired threads, slots, large slots, append ids and pairs are reclaimed by a backend of another prefix",
+    async () => {
+      await using store = await tempStore();
+      const written = await fill(store.path, "abandoned:", 20, 5);
+      await sleep(Math.max(0, written + 2_100 - Date.now()));
+      await using other = await KvBackend.open({
+        kvPath: store.path,
+        prefix: "busy:",
+      });
+      assert.equal(await other.bufferThreadLen("x"), 0);
+      assert.deepEqual(await leftOf(store.path, "abandoned:"), [
+        [["abandoned:", "meta", "threads"], 0],
+      ]);
+    },
+  );
+
+  await t.step(
+    "a call does at most 200 index entries of sweep work, only the backend holding the lease sweeps, and calls go on until nothing is due",
+    async () => {
+      await using store = await tempStore();
+      const written = await fill(store.path, "old:", 1_000);
+      await sleep(Math.max(0, written + 2_100 - Date.now()));
+      const backends = await Promise.all(
+        ["a:", "b:", "c:"].map((prefix) =>
+          KvBackend.open({ kvPath: store.path, prefix })
+        ),
+      );
+      try {
+        const before = await dueCount(store.path, "old:");
+        assert.equal(before, 1_002);
+        // One call each: the first takes the lease and sweeps 200 entries
+        // (each retired thread leaves a marker that the same run clears);
+        // the others see the lease and do nothing.
+        for (const backend of backends) await backend.bufferThreadLen("x");
+        assert.equal(await dueCount(store.path, "old:"), before - 200);
+        assert.equal((await backends[1]!.sweep()).swept, false);
+        assert.equal(await dueCount(store.path, "old:"), before - 200);
+        // The holder's next calls go on at once while a backlog is left.
+        for (let call = 0; call < 5; call++) {
+          await backends[0]!.bufferThreadLen("x");
+        }
+        assert.deepEqual(await leftOf(store.path, "old:"), [
+          [["old:", "meta", "threads"], 0],
+        ]);
+        // Closing gives the lease up: another backend sweeps at once.
+        await backends[0]!.close();
+        const result = await backends[2]!.sweep();
+        assert.equal(result.swept, true);
+      } finally {
+        for (const backend of backends) await backend.close();
+      }
+    },
+  );
+
+  await t.step(
+    "at least 2 000 expired threads are reclaimed a second, through calls and through sweep()",
+    async () => {
+      await using store = await tempStore();
+      await using other = await tempStore();
+      const count = 4_000;
+      await fill(store.path, "many:", count);
+      const written = await fill(other.path, "more:", count);
+      await sleep(Math.max(0, written + 2_100 - Date.now()));
+      // Continuous use: calls of a backend of another prefix.
+      await using user = await KvBackend.open({
+        kvPath: store.path,
+        prefix: "user:",
+      });
+      using probe = await Deno.openKv(store.path);
+      const anyDue = async () =>
+        (await Array.fromAsync(
+          probe.list({ prefix: [true, "exp"] }, { limit: 1 }),
+        )).length > 0;
+      let start = performance.now();
+      while (await anyDue()) {
+        await user.bufferThreadLen("x");
+        if (performance.now() - start > 10_000) break;
+      }
+      const byCalls = count / ((performance.now() - start) / 1_000);
+      // sweep(), as Deno.cron would run it.
+      await user.close();
+      await using cron = await KvBackend.open(
+        { kvPath: other.path, prefix: "cron:" },
+        { sweepOnUse: false },
+      );
+      start = performance.now();
+      const result = await cron.sweep();
+      const bySweep = count / ((performance.now() - start) / 1_000);
+      console.log(
+        `reclaimed ${Math.round(byCalls)} threads/s through calls, ${
+          Math.round(bySweep)
+        } threads/s through sweep()`,
+      );
+      assert.equal(result.threads, count + 2);
+      assert.equal(result.more, false);
+      assert.deepEqual(await leftOf(store.path, "many:"), [
+        [["many:", "meta", "threads"], 0],
+      ]);
+      assert.deepEqual(await leftOf(other.path, "more:"), [
+        [["more:", "meta", "threads"], 0],
+      ]);
+      assert.ok(byCalls >= 2_000, `${byCalls} threads/s through calls`);
+      assert.ok(bySweep >= 2_000, `${bySweep} threads/s through sweep()`);
     },
   );
 });
