@@ -18,10 +18,17 @@ import type { KvStore } from "./_kv_store.ts";
 export class KvReader {
   readonly #store: KvStore;
   readonly #blobs: KvBlobStore;
+  /** How listings read the heads (`KvBackendOptions.consistency`). */
+  readonly #listing: Deno.KvConsistencyLevel;
 
-  constructor(store: KvStore, blobs: KvBlobStore) {
+  constructor(
+    store: KvStore,
+    blobs: KvBlobStore,
+    listing: Deno.KvConsistencyLevel = "strong",
+  ) {
     this.#store = store;
     this.#blobs = blobs;
+    this.#listing = listing;
   }
 
   /** The thread's head if it exists and has not expired. */
@@ -110,7 +117,10 @@ export class KvReader {
   }
 
   #heads(): Promise<Deno.KvEntry<ThreadHead>[]> {
-    return this.#store.listAll<ThreadHead>(this.#store.keys.heads());
+    return this.#store.listAll<ThreadHead>(
+      this.#store.keys.heads(),
+      this.#listing,
+    );
   }
 
   /**

@@ -268,10 +268,14 @@ export class KvRegistry {
   }
 
   /** How many pairs are live at `now`. */
-  async count(now: number): Promise<number> {
+  async count(
+    now: number,
+    consistency: Deno.KvConsistencyLevel = "strong",
+  ): Promise<number> {
     let live = 0;
     const records = await this.#store.listAll<RegistryRecord>(
       this.#store.keys.chains(),
+      consistency,
     );
     for (const { value } of records) {
       if (isLive(value.e, now)) live++;

@@ -150,10 +150,19 @@ export class KvStore {
     );
   }
 
-  /** Every entry under `prefix`, in key order. */
-  async listAll<T>(prefix: Deno.KvKey): Promise<Deno.KvEntry<T>[]> {
+  /**
+   * Every entry under `prefix`, in key order; read strongly consistent
+   * unless `consistency` says `"eventual"` (listings and stats may, see
+   * `KvBackendOptions.consistency`).
+   */
+  async listAll<T>(
+    prefix: Deno.KvKey,
+    consistency: Deno.KvConsistencyLevel = "strong",
+  ): Promise<Deno.KvEntry<T>[]> {
     return await this.retryWhileLocked(() =>
-      Array.fromAsync(this.kv.list<T>({ prefix }, { batchSize: 500 }))
+      Array.fromAsync(
+        this.kv.list<T>({ prefix }, { batchSize: 500, consistency }),
+      )
     );
   }
 

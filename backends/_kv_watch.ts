@@ -25,7 +25,8 @@
 import { BackendError } from "../errors.ts";
 import { errorMessage } from "../_messages.ts";
 import type { WatchEvent, WatchSource } from "../_watch.ts";
-import { isLive, type ThreadHead } from "./_kv_keys.ts";
+import { headIsLive } from "./_kv_heads.ts";
+import type { ThreadHead } from "./_kv_keys.ts";
 import type { KvStore } from "./_kv_store.ts";
 import { KV_LIMITS } from "./_kv_util.ts";
 
@@ -635,9 +636,9 @@ export class KvWatchSource implements WatchSource {
   }
 }
 
-/** The generation of `head` if it is live at `now`, else `null`. */
+/** The generation of `head` if it is live at `now` (not expired, not sealed), else `null`. */
 function liveGeneration(head: ThreadHead | null, now: number): string | null {
-  return head !== null && isLive(head.e, now) ? head.g : null;
+  return head !== null && headIsLive(head, now) ? head.g : null;
 }
 
 /** A promise to settle later, whose rejection nobody has to handle. */

@@ -30,7 +30,7 @@ import {
   type ResolvedConfig,
 } from "../config.ts";
 import { BackendClosedError, BackendError } from "../errors.ts";
-import { errorMessage } from "../_messages.ts";
+import { describe, errorMessage } from "../_messages.ts";
 import type {
   BackendStats,
   BufferAppendOptions,
@@ -144,6 +144,17 @@ export interface KvBackendOptions {
    * @default {true}
    */
   sweepOnUse?: boolean;
+  /**
+   * How `bufferListThreads()` and `stats()` read: `"strong"`, or
+   * `"eventual"` (Deno KV's consistency level), which on Deno Deploy reads
+   * the nearest replica: faster and cheaper, but a listing or a count may
+   * miss what was written (created, deleted) in the last moments, typically
+   * well under a second. Appends, the registry and every other read stay
+   * strongly consistent. On a local file both read the same.
+   *
+   * @default {"strong"}
+   */
+  consistency?: "strong" | "eventual";
 }
 
 /**
@@ -255,6 +266,8 @@ export class KvBackend implements SharedBackend {
   readonly #registry: KvRegistry;
   readonly #sweeper: KvSweeper;
   readonly #watches: KvWatchSource;
+  /** How listings and stats read (`KvBackendOptions.consistency`). */
+  readonly #consistency: Deno.KvConsistencyLevel;
 
   #closed = false;
   /** Aborted by close(): every watch ends. */
@@ -284,7 +297,8 @@ export class KvBackend implements SharedBackend {
     this.#store = store;
     const blobs = new KvBlobStore(store, options.uploadTimeoutMs ?? 60_000);
     const heads = new HeadCache();
-    this.#reader = new KvReader(store, blobs);
+    this.#consistency = options.consistency ?? "strong";
+    this.#reader = new KvReader(store, blobs, this.#consistency);
     this.#registry = new KvRegistry(store, config.ttlMs);
     const uploadTimeoutMs = options.uploadTimeoutMs ?? 60_000;
     this.#sweeper = new KvSweeper(
@@ -715,7 +729,7 @@ export class KvBackend implements SharedBackend {
         kind: this.kind,
         threads,
         slots,
-        registryEntries: await this.#registry.count(now),
+        registryEntries: await this.#registry.count(now, this.#consistency),
         ttlMs: this.#ttlMs,
       };
     });
@@ -875,11 +889,22 @@ function checkOptions(options: KvBackendOptions): void {
       `Invalid maxChecksPerAtomic: expected an integer >= 2, got ${options.maxChecksPerAtomic}`,
     );
   }
+  const consistency = options.consistency;
+  if (
+    consistency !== undefined && consistency !== "strong" &&
+    consistency !== "eventual"
+  ) {
+    throw new RangeError(
+      `Invalid consistency: expected "strong" or "eventual", got ${
+        describe(consistency)
+      }`,
+    );
+  }
   for (const name of ["watchPolling", "sweepOnUse"] as const) {
     const value = options[name];
     if (value !== undefined && typeof value !== "boolean") {
       throw new TypeError(
-        `Invalid ${name}: expected a boolean, got ${typeof value}`,
+        `Invalid ${name}: expected a boolean, got ${describe(value)}`,
       );
     }
   }

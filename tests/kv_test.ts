@@ -1539,3 +1539,66 @@ Deno.test("KvBackend reclaims expired data of every prefix of a store, one sweep
     },
   );
 });
+
+Deno.test("KvBackend options of listing, sweeping and watching", async (t) => {
+  await t.step(
+    "consistency 'eventual' reads listings and stats (the same data on a local file); a bad value is a RangeError naming it",
+    async () => {
+      await using store = await tempStore();
+      await using strong = await KvBackend.open({
+        kvPath: store.path,
+        prefix: "c:",
+      });
+      await using eventual = await KvBackend.open(
+        { kvPath: store.path, prefix: "c:" },
+        { consistency: "eventual" },
+      );
+      await strong.bufferAppend("t1", new Uint8Array([1]));
+      await strong.registrySet("a.b", "u1");
+      assert.deepEqual(await eventual.bufferListThreads(), ["t1"]);
+      assert.deepEqual(
+        { ...await eventual.stats(), ttlMs: 0 },
+        { kind: "kv", threads: 1, slots: 1, registryEntries: 1, ttlMs: 0 },
+      );
+      await assert.rejects(
+        KvBackend.open({ kvPath: store.path }, {
+          consistency: "weak" as "strong",
+        }),
+        (error: unknown) =>
+          error instanceof RangeError && /consistency/.test(error.message),
+      );
+    },
+  );
+
+  await t.step(
+    "sweepOnUse false: calls reclaim nothing, sweep() does; watchPolling and sweepOnUse that are not booleans are TypeErrors naming them",
+    async () => {
+      await using store = await tempStore();
+      await using backend = await KvBackend.open(
+        { kvPath: store.path, prefix: "s:", ttlMs: 300 },
+        { sweepOnUse: false },
+      );
+      await backend.bufferAppend("t1", new Uint8Array([1]));
+      await sleep(1_500);
+      assert.equal(await backend.bufferThreadExists("t1"), false);
+      assert.equal((await indexEntries(store.path, "s:")).length, 1);
+      const result = await backend.sweep();
+      assert.deepEqual(result, {
+        swept: true,
+        entries: 1,
+        threads: 1,
+        slots: 1,
+        more: false,
+      });
+      assert.deepEqual(await indexEntries(store.path, "s:"), []);
+      await assert.rejects(backend.sweep({ maxEntries: -1 }), /maxEntries/);
+      for (const name of ["watchPolling", "sweepOnUse"]) {
+        await assert.rejects(
+          KvBackend.open({ kvPath: store.path }, { [name]: "yes" }),
+          (error: unknown) =>
+            error instanceof TypeError && error.message.includes(name),
+        );
+      }
+    },
+  );
+});
