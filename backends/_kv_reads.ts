@@ -7,6 +7,7 @@
 // below a live head's length means the thread was deleted or expired and
 // reclaimed while it was read: the read then sees the thread gone.
 
+import { copyBytes } from "../_bytes.ts";
 import { BackendError } from "../errors.ts";
 import { isSlotIndex } from "../_validate.ts";
 import type { KvBlobStore } from "./_kv_blobs.ts";
@@ -155,6 +156,35 @@ export class KvReader {
     } catch (error) {
       if (!(error instanceof BackendError)) throw error;
       return await this.#vanished(threadId, head, error);
+    }
+  }
+}
+
+/**
+ * Range reads shared by the watches of one backend: watches of a thread woken
+ * by the same change ask for the same range at about the same time, and the
+ * calls made while one such read is in flight share it (each gets its own
+ * copies of the slots). Nothing is kept once the read has settled.
+ */
+export class SharedRanges {
+  readonly #inFlight = new Map<string, Promise<Uint8Array[]>>();
+
+  /** The slots `[start, end)` of `threadId`, read by `read` unless that read is in flight. */
+  async range(
+    threadId: string,
+    start: number,
+    end: number | undefined,
+    read: () => Promise<Uint8Array[]>,
+  ): Promise<Uint8Array[]> {
+    const key = `${start}:${end}:${threadId}`;
+    const shared = this.#inFlight.get(key);
+    if (shared !== undefined) return (await shared).map(copyBytes);
+    const reading = read();
+    this.#inFlight.set(key, reading);
+    try {
+      return await reading;
+    } finally {
+      this.#inFlight.delete(key);
     }
   }
 }

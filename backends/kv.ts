@@ -49,7 +49,7 @@ import { KvAppendQueue } from "./_kv_append_queue.ts";
 import { KvBlobStore } from "./_kv_blobs.ts";
 import { HeadCache } from "./_kv_heads.ts";
 import { checkKvPrefix, KvKeys } from "./_kv_keys.ts";
-import { KvReader } from "./_kv_reads.ts";
+import { KvReader, SharedRanges } from "./_kv_reads.ts";
 import { KvRegistry } from "./_kv_registry.ts";
 import { KvStore } from "./_kv_store.ts";
 import {
@@ -266,6 +266,8 @@ export class KvBackend implements SharedBackend {
   readonly #registry: KvRegistry;
   readonly #sweeper: KvSweeper;
   readonly #watches: KvWatchSource;
+  /** Reads of watches of one thread made at once share one read. */
+  readonly #watchReads = new SharedRanges();
   /** How listings and stats read (`KvBackendOptions.consistency`). */
   readonly #consistency: Deno.KvConsistencyLevel;
 
@@ -451,7 +453,13 @@ export class KvBackend implements SharedBackend {
     return watchThread(
       {
         kind: this.kind,
-        bufferGetRange: (id, start, end) => this.bufferGetRange(id, start, end),
+        bufferGetRange: (id, start, end) =>
+          this.#watchReads.range(
+            id,
+            start,
+            end,
+            () => this.bufferGetRange(id, start, end),
+          ),
         bufferThreadLen: (id) => this.bufferThreadLen(id),
         watchSource: this.#watches,
         closedSignal: this.#watchesEnd.signal,
