@@ -10,8 +10,8 @@
 // - So, unless the KV is `":memory:"` or Deno Deploy's, one poller reads the
 //   watched heads (`getMany`, 10 keys a call), every POLL_MIN_MS after a
 //   change, doubling up to POLL_MAX_MS while nothing changes. On a local file
-//   it first checks the file's size and modification time (a `stat`, about
-//   FILE_CHECK_MS apart when the store is idle) and reads the heads only
+//   it first checks the file's size and modification time (a `stat`, at
+//   most FILE_CHECK_MS apart when the store is idle) and reads the heads only
 //   while the file changes, until FILE_QUIET_MS after its last change
 //   (timestamps may be coarse), and at least every FILE_SAFETY_MS.
 // - One timer at the earliest expiry of a watched head ends its watches on
@@ -38,8 +38,12 @@ export const POLL_MIN_MS = 10;
  * first append after a quiet spell, and its deletion of the thread.
  */
 export const POLL_MAX_MS = 500;
-/** On a local file: how often an idle store's file is checked for a change. */
-export const FILE_CHECK_MS = 100;
+/**
+ * On a local file: the slowest check of the file for a change (the interval
+ * doubles from POLL_MIN_MS while the file does not change): bounds how late a
+ * watch sees another process's first append after a quiet spell.
+ */
+export const FILE_CHECK_MS = 250;
 /** On a local file: heads are read until this long after the file last changed. */
 const FILE_QUIET_MS = 1_000;
 /** On a local file: heads are read at least this often, changed or not. */
@@ -161,6 +165,8 @@ export class KvWatchSource implements WatchSource {
   #lastPollAt = -Infinity;
   #signature: string | undefined;
   #changedAt = -Infinity;
+  /** On a local file: the wait before the next check of a settled store. */
+  #fileInterval = POLL_MIN_MS;
 
   constructor(store: KvStore, mode: KvWatchMode) {
     this.#store = store;
@@ -516,7 +522,10 @@ export class KvWatchSource implements WatchSource {
     if (this.#poll) {
       const nextPoll = this.#lastPollAt + this.#interval;
       at = this.#file !== undefined && this.#settled()
-        ? Math.min(now + FILE_CHECK_MS, this.#lastPollAt + FILE_SAFETY_MS)
+        ? Math.min(
+          now + this.#fileInterval,
+          this.#lastPollAt + FILE_SAFETY_MS,
+        )
         : nextPoll;
     }
     if (this.#toConfirm.size > 0 && !this.#confirming) {
@@ -577,6 +586,12 @@ export class KvWatchSource implements WatchSource {
             if (now - this.#changedAt > FILE_QUIET_MS) due = true;
             this.#signature = signature;
             this.#changedAt = now;
+            this.#fileInterval = POLL_MIN_MS;
+          } else {
+            this.#fileInterval = Math.min(
+              this.#fileInterval * 2,
+              FILE_CHECK_MS,
+            );
           }
           if (this.#settled() && now < this.#lastPollAt + FILE_SAFETY_MS) {
             due = false;
