@@ -40,7 +40,8 @@
 //                                  below it are settled); what makes a
 //                                  retried script call apply once (see OPS in
 //                                  _redis_scripts.ts); PEXPIRE retryTimeoutMs
-//                                  + 60 s at every write
+//                                  + 60 s, refreshed every few seconds while
+//                                  the backend writes
 //   T + ":c:" + chain      string  the chain's uuid  } both PEXPIREAT =
 //   T + ":u:" + uuid       string  the uuid's chain  } last write + ttlMs
 //   T + ":reg"             zset    registry index: member uuid, score its

@@ -39,8 +39,10 @@ const MAX_PAUSE_MS = 500;
 const WAIT_CHUNK_MS = 1_000;
 /** How long a producer's op records outlive its last write, beyond `retryTimeoutMs`. */
 const RECORDS_KEPT_MS = 60_000;
-/** Most acks in one op header (the rest go with the next op). */
-const MAX_ACKS = 256;
+/** Acks wait until this many are due (one HDEL for many ops), and go at most this many times 8 per op. */
+const ACK_BATCH = 32;
+/** How often an op asks for the op records' TTL to be refreshed, in ms. */
+const REFRESH_EVERY_MS = 5_000;
 
 /** A script that the backend runs through {@linkcode RedisOps.call}. */
 export type ScriptName = keyof ScriptCommands;
@@ -113,6 +115,8 @@ export class RedisOps {
   readonly #live = new Set<number>();
   /** Settled ops whose records the next headers may drop (once below the floor). */
   #settled: number[] = [];
+  /** When an op last asked for the records' TTL to be refreshed (`performance.now()`). */
+  #refreshed = -Infinity;
 
   constructor(options: RedisOpsOptions) {
     this.#connection = options.connection;
@@ -136,13 +140,16 @@ export class RedisOps {
     if (seq === 0) return "";
     let floor = this.#nextSeq;
     for (const live of this.#live) if (live < floor) floor = live;
-    let header = `${seq} ${floor} ${this.#keepMs}`;
-    if (this.#settled.length > 0) {
+    const now = performance.now();
+    const refresh = now - this.#refreshed >= REFRESH_EVERY_MS;
+    if (refresh) this.#refreshed = now;
+    let header = `${seq} ${floor} ${this.#keepMs} ${refresh ? 1 : 0}`;
+    if (this.#settled.length >= ACK_BATCH) {
       const later: number[] = [];
       let acks = 0;
       for (const settled of this.#settled) {
         // Only below the floor: a late copy of the op is then stale.
-        if (settled < floor && acks < MAX_ACKS) {
+        if (settled < floor && acks < 8 * ACK_BATCH) {
           header += ` ${settled}`;
           acks++;
         } else {

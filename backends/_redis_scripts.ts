@@ -39,23 +39,31 @@ end
  * whose op is recorded returns the recorded reply instead of running again.
  *
  * The header (one ARGV) is "" (no record: the backend does not retry) or
- * "seq floor keepMs ack ack ...": `seq` the op's number; `floor` the lowest
- * op of the producer still awaiting its outcome (every op below it is
- * settled: answered, or given up); `keepMs` the hash's TTL, refreshed at
- * every write; the acks, ops below the floor whose records are no longer
- * needed. The hash keeps "f" = the highest floor seen: a call of an op below
- * it (a copy that reached the server late, after its op was settled and its
- * record dropped) is stale and does nothing (reply nil). A replayed op still
- * writes "f", so that a WAIT after it waits for what it replays.
+ * "seq floor keepMs refresh ack ack ...": `seq` the op's number; `floor` the
+ * lowest op of the producer still awaiting its outcome (every op below it
+ * is settled: answered, or given up); `keepMs` the hash's TTL, set when the
+ * hash is new or `refresh` is 1 (the backend asks every few seconds: one
+ * command less per op); the acks, ops below the floor whose records are no
+ * longer needed (sent in batches). The hash keeps "f" =
+ * the highest floor seen: a call of an op below it (a copy that reached the
+ * server late, after its op was settled and its record dropped) is stale and
+ * does nothing (reply nil). A replayed op still writes "f", so that a WAIT
+ * after it waits for what it replays.
  */
 const OPS = `
 local function op_begin(records, header)
   if header == '' then return nil end
-  local seq, floor, keep, acks = string.match(header, '^(%d+) (%d+) (%d+)(.*)$')
+  local seq, floor, keep, refresh, acks =
+    string.match(header, '^(%d+) (%d+) (%d+) ([01])(.*)$')
   local got = redis.call('HMGET', records, 'f', seq)
-  local op = { seq = seq, floor = tonumber(floor), keep = keep, acks = acks }
+  local op = { seq = seq, floor = tonumber(floor), keep = keep, acks = acks,
+    refresh = refresh == '1' }
   local stored = tonumber(got[1])
-  if stored and stored > op.floor then op.floor = stored end
+  if not stored then
+    op.new = true
+  elseif stored > op.floor then
+    op.floor = stored
+  end
   if got[2] then
     op.done = true
     op.replay = cmsgpack.unpack(got[2])
@@ -74,10 +82,12 @@ local function op_end(records, op, reply)
   else
     redis.call('HSET', records, op.seq, cmsgpack.pack(reply), 'f', op.floor)
   end
-  local acks = {}
-  for ack in string.gmatch(op.acks, '%d+') do acks[#acks + 1] = ack end
-  if #acks > 0 then redis.call('HDEL', records, unpack(acks)) end
-  redis.call('PEXPIRE', records, op.keep)
+  if op.acks ~= '' then
+    local acks = {}
+    for ack in string.gmatch(op.acks, '%d+') do acks[#acks + 1] = ack end
+    redis.call('HDEL', records, unpack(acks))
+  end
+  if op.refresh or op.new then redis.call('PEXPIRE', records, op.keep) end
   return reply
 end
 `;

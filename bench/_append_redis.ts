@@ -108,6 +108,23 @@ const evalshaAuto: Append = (threadId) =>
 const viaBackend: Append = (threadId, slot) =>
   backend.bufferAppend(threadId, slot);
 
+// Idempotency off: retryTimeoutMs 0 (sent once, no op records: a lost
+// reply is the caller's problem) against the default (op records, retries),
+// and with an appendId on every append.
+const noRetries = await RedisBackend.open({
+  redisUrl: server.url,
+  prefix: "bench-off:",
+  ttlMs: TTL_MS,
+  maxSlotsPerThread: 1_000_000_000,
+  maxThreads: 1_000_000,
+  retryTimeoutMs: 0,
+});
+const withoutIdempotency: Append = (threadId, slot) =>
+  noRetries.bufferAppend(threadId, slot);
+let appendIds = 0;
+const withAppendIds: Append = (threadId, slot) =>
+  backend.bufferAppend(threadId, slot, { appendId: `msg-${appendIds++}` });
+
 let iterations = 0;
 /** Times only `work`; every 32 iterations empties the server (untimed). */
 function measured(
@@ -141,4 +158,28 @@ for (const [shape, threads, run] of SHAPES) {
   bench("hand-written EVALSHA append (RPUSH + PEXPIRE)", evalsha);
   bench("hand-written EVALSHA append, enableAutoPipelining", evalshaAuto);
   bench("RedisBackend.bufferAppend (limits, index, TTL)", viaBackend);
+}
+
+// What exactly-once costs (issue 11): the same backend with idempotency off
+// (retryTimeoutMs 0: no op records, no retries) is the baseline.
+for (const [shape, threads, run] of SHAPES) {
+  if (!shape.startsWith("100 threads")) continue;
+  const group = `redis: idempotency, ${shape}`;
+  const bench = (name: string, append: Append, baseline = false) =>
+    Deno.bench({
+      name,
+      group,
+      baseline,
+      fn: measured(() => run(append, threads)),
+    });
+  bench(
+    "baseline: RedisBackend, idempotency off (retryTimeoutMs 0)",
+    withoutIdempotency,
+    true,
+  );
+  bench(
+    "RedisBackend, default (op records: retries apply once)",
+    viaBackend,
+  );
+  bench("RedisBackend, default + an appendId on every append", withAppendIds);
 }
