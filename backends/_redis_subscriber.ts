@@ -44,8 +44,8 @@ const MAX_RECONNECT_MS = 1_000;
 const HEARTBEAT_MS = 5_000;
 /** How long ending a subscriber connection waits for its socket before cutting it. */
 const END_TIMEOUT_MS = 2_000;
-/** When an expiry check cannot be sent (not connected), it is tried again after this. */
-const PROBE_RETRY_MS = 250;
+/** When an expiry check fails (the backend's connection is down), it is tried again after this. */
+const PROBE_RETRY_MS = 500;
 
 /**
  * The ioredis options of a subscriber connection (over the duplicated
@@ -193,7 +193,7 @@ export class RedisSubscriber implements WatchSource {
       };
       this.#threads.set(threadId, thread);
       const session = this.#session;
-      if (session?.live) {
+      if (session?.live && !session.dropped) {
         void this.#subscribeThreads(session, [threadId], false);
       } else if (session === undefined && this.#reconnect === undefined) {
         this.#connect();
@@ -473,7 +473,12 @@ export class RedisSubscriber implements WatchSource {
           (error: unknown) => {
             if (this.#closed || this.#threads.get(threadId) !== thread) return;
             this.#lastError = error;
-            // Not connected: check again soon.
+            // With no subscriber connection either, the next one checks
+            // every thread once it has subscribed; otherwise, check again soon.
+            const session = this.#session;
+            if (session === undefined || !session.live || session.dropped) {
+              return;
+            }
             thread.expiresAt = Math.min(
               thread.expiresAt,
               Date.now() + PROBE_RETRY_MS,
@@ -622,7 +627,7 @@ function nodeKeyOf(options: { host?: string; port?: number }): string {
 }
 
 /** The Redis Cluster hash slot of a key or channel (CRC16 of its hash tag, if any). */
-export function hashSlot(name: string): number {
+function hashSlot(name: string): number {
   const open = name.indexOf("{");
   if (open !== -1) {
     const close = name.indexOf("}", open + 1);
