@@ -18,6 +18,7 @@
 // it hands an append over).
 
 import { Buffer } from "node:buffer";
+import { copyBytes } from "../_bytes.ts";
 import { quote } from "../_messages.ts";
 import { SlotLimitError, ThreadLimitError } from "../errors.ts";
 import type { RedisKeys } from "./_redis_keys.ts";
@@ -46,11 +47,10 @@ export interface RedisAppenderOptions {
 }
 
 interface PendingAppend {
-  slot: Buffer;
+  /** A copy of the caller's slot (taken at the call). */
+  slot: Uint8Array;
   /** The caller's `appendId`, if any. */
   appendId: string | undefined;
-  /** When the append was made (`performance.now()`): its deadline starts then. */
-  start: number;
   resolve: (index: number) => void;
   reject: (error: unknown) => void;
 }
@@ -68,6 +68,12 @@ export class RedisAppender {
   readonly #appendArgs: string;
   /** Appends not sent yet, by thread, in call order. */
   #queue = new Map<string, PendingAppend[]>();
+  /**
+   * When the oldest append in the queue was made (`performance.now()`): the
+   * deadline of a call starts with its oldest append (one clock read per
+   * call, not per append).
+   */
+  #queuedSince = 0;
   #flushScheduled = false;
   /** Append script calls under way (on the wire, or waiting for a retry). */
   #inFlight = 0;
@@ -107,16 +113,18 @@ export class RedisAppender {
   ): Promise<number> {
     return new Promise<number>((resolve, reject) => {
       const pending: PendingAppend = {
-        slot: toBuffer(slot),
+        slot: copyBytes(slot),
         appendId,
-        start: performance.now(),
         resolve,
         reject,
       };
-      if (this.#queue.size === 0 && this.#inFlight < MAX_APPENDS_IN_FLIGHT) {
-        // Nothing is waiting: send it now, alone (no latency added).
-        this.#send([[threadId, [pending]]]);
-        return;
+      if (this.#queue.size === 0) {
+        if (this.#inFlight < MAX_APPENDS_IN_FLIGHT) {
+          // Nothing is waiting: send it now, alone (no latency added).
+          this.#send([[threadId, [pending]]], performance.now());
+          return;
+        }
+        this.#queuedSince = performance.now();
       }
       // Calls are under way: wait for one of them, then go in the next batch.
       const queued = this.#queue.get(threadId);
@@ -151,6 +159,9 @@ export class RedisAppender {
    */
   #flush(limit: number): void {
     while (this.#queue.size > 0 && this.#inFlight < limit) {
+      // A call's deadline starts with its oldest append (or earlier: the
+      // oldest still queued when the queue was last emptied).
+      const since = this.#queuedSince;
       const batch: Batch = [];
       let slots = 0;
       let bytes = 0;
@@ -174,24 +185,23 @@ export class RedisAppender {
           break;
         }
       }
-      this.#send(batch);
+      this.#send(batch, since);
     }
   }
 
-  /** Starts one append script call for a batch; it settles every append in it. */
-  #send(batch: Batch): void {
+  /**
+   * Starts one append script call for a batch; it settles every append in
+   * it. `start`: when its oldest append was made (`performance.now()`).
+   */
+  #send(batch: Batch, start: number): void {
     this.#inFlight++;
-    this.#run(batch).finally(() => this.#done());
+    this.#run(batch, start).finally(() => this.#done());
   }
 
   /** Runs a batch's call, with its retries, and settles its appends. */
-  async #run(batch: Batch): Promise<void> {
+  async #run(batch: Batch, start: number): Promise<void> {
     const ops = this.#ops;
     const seq = ops.begin();
-    let start = Infinity;
-    for (const [, queued] of batch) {
-      for (const pending of queued) start = Math.min(start, pending.start);
-    }
     const deadline = ops.deadline(start);
     const trail = new Trail();
     const { args, header } = this.#args(batch);
@@ -222,38 +232,67 @@ export class RedisAppender {
 
   /**
    * The append script's arguments for a batch (see APPEND in
-   * _redis_scripts.ts), and where its op header goes.
+   * _redis_scripts.ts: the thread ids and the slots each packed into one
+   * argument), and where its op header goes.
    */
-  #args(batch: Batch): { args: (string | number | Buffer)[]; header: number } {
-    const args: (string | number | Buffer)[] = [
-      batch.length + 2,
-      this.#keys.threads,
-      this.#ops.records,
-    ];
-    for (const [threadId] of batch) args.push(this.#keys.thread(threadId));
-    args.push(this.#appendArgs);
-    const header = args.length;
-    args.push("");
-    const withIds: boolean[] = [];
-    for (const [, queued] of batch) {
-      const ids = queued.some((pending) => pending.appendId !== undefined);
-      withIds.push(ids);
-      args.push(ids ? `${queued.length} i` : String(queued.length));
-    }
-    for (const [i, [, queued]] of batch.entries()) {
-      if (withIds[i]) {
-        for (const pending of queued) args.push(pending.appendId ?? "");
+  #args(batch: Batch): { args: (string | Buffer)[]; header: number } {
+    let layout = "";
+    let ids = "";
+    let bytes = 0;
+    const appendIds: string[] = [];
+    for (const [threadId, queued] of batch) {
+      const withIds = queued.some((pending) => pending.appendId !== undefined);
+      layout += `${utf8Length(threadId)} ${queued.length} ${withIds ? 1 : 0}`;
+      for (const pending of queued) {
+        layout += ` ${pending.slot.byteLength}`;
+        bytes += pending.slot.byteLength;
+        if (withIds) appendIds.push(pending.appendId ?? "");
       }
-      for (const pending of queued) args.push(pending.slot);
+      layout += " ";
+      ids += threadId;
     }
-    return { args, header };
+    let slots: Buffer;
+    if (batch.length === 1 && batch[0]![1].length === 1) {
+      // One slot: its copy, as a Buffer (ioredis would stringify a plain
+      // Uint8Array).
+      const only = batch[0]![1][0]!.slot;
+      slots = Buffer.from(only.buffer, only.byteOffset, only.byteLength);
+    } else {
+      slots = Buffer.allocUnsafe(bytes);
+      let at = 0;
+      for (const [, queued] of batch) {
+        for (const pending of queued) {
+          slots.set(pending.slot, at);
+          at += pending.slot.byteLength;
+        }
+      }
+    }
+    return {
+      args: [
+        this.#keys.threads,
+        this.#ops.records,
+        this.#appendArgs,
+        "",
+        layout,
+        ids,
+        slots,
+        ...appendIds,
+      ],
+      header: 3,
+    };
   }
 
   /** Settles the appends of a batch from the append script's reply. */
   #settle(batch: Batch, reply: AppendResult[]): void {
     for (let i = 0; i < batch.length; i++) {
       const [threadId, queued] = batch[i]!;
-      const outcomes = this.#outcomes(threadId, queued.length, reply[i]!);
+      const result = reply[i]!;
+      if (typeof result === "number" && result >= 0) {
+        // The common case: all appended from `result`.
+        for (let k = 0; k < queued.length; k++) queued[k]!.resolve(result + k);
+        continue;
+      }
+      const outcomes = this.#outcomes(threadId, queued.length, result);
       for (let k = 0; k < queued.length; k++) {
         const outcome = outcomes[k]!;
         if (typeof outcome === "number") queued[k]!.resolve(outcome);
@@ -333,10 +372,15 @@ export class RedisAppender {
   }
 }
 
-/** A `Buffer` copy of a slot: ioredis sends Buffers as bytes (a plain `Uint8Array` it would stringify). */
-function toBuffer(slot: Uint8Array): Buffer {
-  // allocUnsafe + set: about 10x cheaper than Buffer.from(slot) in Deno; every byte is overwritten.
-  const copy = Buffer.allocUnsafe(slot.byteLength);
-  copy.set(slot);
-  return copy;
+/** The UTF-8 byte length of a well-formed string (what ioredis sends). */
+function utf8Length(text: string): number {
+  let length = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    // 2 bytes below U+0800, 3 above; a surrogate pair (2 units) is 4.
+    if (code >= 0x80) {
+      length += code >= 0x800 && (code < 0xd800 || code > 0xdfff) ? 2 : 1;
+    }
+  }
+  return length;
 }

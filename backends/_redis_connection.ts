@@ -382,9 +382,12 @@ export async function loadIoredis(): Promise<IoredisModule> {
       (error.name === "NotCapable" || error.name === "PermissionDenied");
     const flag = /--allow-[a-z-]+/.exec(errorMessage(error))?.[0] ??
       "--allow-env";
+    const why = flag === "--allow-env"
+      ? " (its dependency debug reads the environment when it loads)"
+      : "";
     throw new BackendError(
       denied
-        ? `Cannot load ioredis for the Redis backend: it needs ${flag} (its dependency debug reads the environment when it loads); run Deno with ${flag}`
+        ? `Cannot load ioredis for the Redis backend: it needs ${flag}${why}; run Deno with ${flag}`
         : `Cannot load ioredis for the Redis backend: ${errorMessage(error)}`,
       { cause: error },
     );

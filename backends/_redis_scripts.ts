@@ -160,13 +160,19 @@ end
  * the append ids.
  *
  * KEYS[1] the thread index `T:threads`, KEYS[2] the backend's op records
- * (see OPS), KEYS[3..n+2] the threads' lists (distinct). ARGV[1] "ttlMs
- * maxSlotsPerThread maxThreads" (one argument: fewer to encode on the hot
- * path); ARGV[2] the op header (see OPS); ARGV[3..n+2] each thread's number
- * of slots, "c", or "c i" when append ids come with them; then, thread after
- * thread, its c append ids when it has them ("" for a slot without one) and
- * its c slots. The tag T (and so each thread's id, id hash T:i:<id> and
- * channel) is derived from KEYS[1] (see _redis_keys.ts).
+ * (see OPS). The threads' keys are built from the tag T (KEYS[1] without
+ * ":threads"; see _redis_keys.ts), so that a call of 1 000 slots over 100
+ * threads has 7 arguments, not 1 100: each argument costs the client more
+ * to encode than the script to cut (ioredis writes every one with its own
+ * length header).
+ *
+ * ARGV[1] "ttlMs maxSlotsPerThread maxThreads"; ARGV[2] the op header (see
+ * OPS); ARGV[3] the layout, decimal numbers: for each thread, the UTF-8 byte
+ * length of its id, its number of slots c, 1 if append ids come with them
+ * (else 0), then the byte length of each of its c slots; ARGV[4] the thread
+ * ids, one after the other; ARGV[5] the slots, one after the other, thread
+ * after thread; ARGV[6..] the append ids of the threads that have them, c
+ * per such thread ("" for a slot without one).
  *
  * Returns one entry per thread. For a thread without append ids an integer:
  * r >= 0: all its slots were appended, the first at index r; r = -1: the
@@ -181,13 +187,15 @@ end
  * with ttlMs = 0 (the last writer's TTL holds); a thread created anew drops
  * the ids of a former one.
  *
- * The hot path, an append to an existing thread, is LLEN, RPUSH, PTTL,
- * PEXPIRE of the list and of its ids, and PTTL/PEXPIRE of the index (so that
- * it lives as long as its longest-lived thread), plus the op record: server
- * time is read, and the thread's index entry written, only when a thread is
- * created or its TTL shortened (a backend with a longer ttlMs, or ttlMs 0,
- * wrote it before: its index score is lowered, so that it is unlisted and
- * uncounted once it expires).
+ * The hot path, an append to an existing thread without ids, is RPUSH (the
+ * limit is checked on the length it returns: a push past it is trimmed
+ * back), PEXPIRE of the list (GT, Redis >= 7: a failure means this append
+ * shortens the thread's life, or ends its persistence, and its index score,
+ * a lower bound of its expiry, comes down with it; PTTL first on 6.2) and of
+ * its ids; then once per call PEXPIRE of the index (GT: it lives as long as
+ * its longest-lived thread) and the op record. Server time is read, and a
+ * thread's index entry written, only when it is created or its TTL
+ * shortened.
  */
 const APPEND = `${NOW}${OPS}${PRUNE}${SETTLE_INDEX}${ANNOUNCE}
 local index, records = KEYS[1], KEYS[2]
@@ -195,45 +203,76 @@ local ttl, max_slots, max_threads = string.match(ARGV[1], '^(%d+) (%d+) (%d+)$')
 ttl, max_slots, max_threads = tonumber(ttl), tonumber(max_slots), tonumber(max_threads)
 local op = op_begin(records, ARGV[2])
 if op and op.done then return op_end(records, op, op.replay) end
+local gt = redis.REDIS_VERSION ~= nil
 local tag = string.sub(index, 1, -9)
 local prefix = tag .. ':t:'
-local n = #KEYS - 2
+local layout = string.gmatch(ARGV[3], '%d+')
+local ids_at, slot_at = 1, 1
+local id_arg = 6
 local now = nil
 local pruned = false
 local appended = false
-local out = {}
-local pos = n + 3
-for i = 1, n do
-  local key = KEYS[i + 2]
-  local id = string.sub(key, #prefix + 1)
-  local ids_key = tag .. ':i:' .. id
-  local count, with_ids = string.match(ARGV[i + 2], '^(%d+)( ?i?)$')
-  count = tonumber(count)
-  local ids_at = nil
-  if with_ids ~= '' then
-    ids_at = pos
-    pos = pos + count
+-- A new thread: the limit on threads, then its index entry. False if refused.
+local function create(id, ids_key)
+  if not pruned then
+    now = now or now_ms()
+    prune(index, prefix, now)
+    pruned = true
   end
-  local len = redis.call('LLEN', key)
-  local take, result, push, fresh
-  if ids_at then
+  if redis.call('ZCARD', index) >= max_threads
+    and not redis.call('ZSCORE', index, id) then
+    return false
+  end
+  if ttl > 0 then
+    redis.call('ZADD', index, now + ttl - 100, id)
+  else
+    redis.call('ZADD', index, '+inf', id)
+  end
+  -- The ids of a former thread of this id (its hash may outlive its list by
+  -- a moment).
+  redis.call('DEL', ids_key)
+  return true
+end
+local out = {}
+local i = 0
+while true do
+  local id_len = layout()
+  if not id_len then break end
+  i = i + 1
+  local id = string.sub(ARGV[4], ids_at, ids_at + id_len - 1)
+  ids_at = ids_at + id_len
+  local count = tonumber(layout())
+  local with_ids = layout() == '1'
+  local slots = {}
+  for k = 1, count do
+    local size = tonumber(layout())
+    slots[k] = string.sub(ARGV[5], slot_at, slot_at + size - 1)
+    slot_at = slot_at + size
+  end
+  local key = prefix .. id
+  local ids_key = tag .. ':i:' .. id
+  local len, take
+  local refused = false
+  local result = nil
+  if with_ids then
     -- Slot by slot: an id already applied gives its index; the others are
     -- appended while there is room.
+    len = redis.call('LLEN', key)
     local stored = {}
     if len > 0 then
-      stored = redis.call('HMGET', ids_key, unpack(ARGV, ids_at, ids_at + count - 1))
+      stored = redis.call('HMGET', ids_key, unpack(ARGV, id_arg, id_arg + count - 1))
     end
-    local seen = {}
-    result, push, fresh = {}, {}, {}
+    local seen, push, fresh = {}, {}, {}
+    result = {}
     for k = 1, count do
-      local append_id = ARGV[ids_at + k - 1]
+      local append_id = ARGV[id_arg + k - 1]
       local at = nil
       if append_id ~= '' then at = seen[append_id] or tonumber(stored[k]) end
       if at then
         result[k] = at
       elseif len + #push < max_slots then
         result[k] = len + #push
-        push[#push + 1] = ARGV[pos + k - 1]
+        push[#push + 1] = slots[k]
         if append_id ~= '' then
           seen[append_id] = result[k]
           fresh[#fresh + 1] = append_id
@@ -243,53 +282,58 @@ for i = 1, n do
         result[k] = -2
       end
     end
+    id_arg = id_arg + count
     take = #push
-  else
-    -- Never negative: a thread may hold more than this backend's
-    -- max_slots (written by a backend with a higher limit): that is full.
-    take = math.max(math.min(count, max_slots - len), 0)
-  end
-  local refused = false
-  if take > 0 and len == 0 then
-    if not pruned then
-      now = now or now_ms()
-      prune(index, prefix, now)
-      pruned = true
-    end
-    if redis.call('ZCARD', index) >= max_threads
-      and not redis.call('ZSCORE', index, id) then
+    if take > 0 and len == 0 and not create(id, ids_key) then
       take = 0
       refused = true
-    else
-      if ttl > 0 then
-        redis.call('ZADD', index, now + ttl - 100, id)
+    end
+    if take > 0 then
+      redis.call('RPUSH', key, unpack(push))
+      if #fresh > 0 then redis.call('HSET', ids_key, unpack(fresh)) end
+    end
+  else
+    -- Push, then check the limits on the length RPUSH returns (undoing what
+    -- they refuse): one command on the hot path instead of LLEN + RPUSH.
+    local new_len = redis.call('RPUSH', key, unpack(slots))
+    len = new_len - count
+    take = count
+    if len == 0 and not create(id, ids_key) then
+      redis.call('DEL', key)
+      take = 0
+      refused = true
+    elseif new_len > max_slots then
+      -- Never negative: a thread may hold more than this backend's
+      -- max_slots (written by a backend with a higher limit): that is full.
+      take = math.max(max_slots - len, 0)
+      if len + take == 0 then
+        redis.call('DEL', key)
       else
-        redis.call('ZADD', index, '+inf', id)
+        redis.call('LTRIM', key, 0, len + take - 1)
       end
-      -- The ids of a former thread of this id (its hash may outlive its
-      -- list by a moment).
-      redis.call('DEL', ids_key)
     end
   end
   if take > 0 then
-    if push then
-      redis.call('RPUSH', key, unpack(push))
-      if #fresh > 0 then redis.call('HSET', ids_key, unpack(fresh)) end
-    else
-      redis.call('RPUSH', key, unpack(ARGV, pos, pos + take - 1))
-    end
     appended = true
     if ttl > 0 then
-      if len > 0 then
+      local extended
+      if len == 0 then
+        extended = true
+        redis.call('PEXPIRE', key, ttl)
+      elseif gt then
+        extended = redis.call('PEXPIRE', key, ttl, 'GT') == 1
+      else
         local left = redis.call('PTTL', key)
-        if left == -1 or left > ttl then
-          -- This append shortens the thread's life: its index score (a lower
-          -- bound of its expiry) comes down with it.
-          now = now or now_ms()
-          redis.call('ZADD', index, 'LT', now + ttl - 100, id)
-        end
+        extended = left >= 0 and left <= ttl
+        redis.call('PEXPIRE', key, ttl)
       end
-      redis.call('PEXPIRE', key, ttl)
+      if not extended then
+        -- This append shortens the thread's life (a backend with a longer
+        -- ttlMs, or ttlMs 0, wrote it): its index score comes down with it.
+        if gt then redis.call('PEXPIRE', key, ttl) end
+        now = now or now_ms()
+        redis.call('ZADD', index, 'LT', now + ttl - 100, id)
+      end
       redis.call('PEXPIRE', ids_key, ttl)
     else
       if len > 0 and redis.call('PTTL', key) ~= -1 then
@@ -302,23 +346,27 @@ for i = 1, n do
   end
   if refused then
     out[i] = -1
-  elseif ids_at then
+  elseif result then
     out[i] = result
   elseif take == count then
     out[i] = len
   else
     out[i] = -2 - take
   end
-  pos = pos + count
 end
 if appended then
   -- The index lives as long as its longest-lived thread.
   if ttl > 0 then
-    local left = redis.call('PTTL', index)
-    if left == -1 then
+    local extended
+    if gt then
+      extended = redis.call('PEXPIRE', index, ttl, 'GT') == 1
+    else
+      local left = redis.call('PTTL', index)
+      extended = left ~= -1
+      if left >= 0 and left < ttl then redis.call('PEXPIRE', index, ttl) end
+    end
+    if not extended and redis.call('PTTL', index) == -1 then
       settle_index(index, prefix, ttl)
-    elseif left >= 0 and left < ttl then
-      redis.call('PEXPIRE', index, ttl)
     end
   else
     redis.call('PERSIST', index)
@@ -570,12 +618,12 @@ export interface ScriptCommands {
   xpSbRegistryClear(...args: ScriptArg[]): Promise<number | null>;
 }
 
-/** Each script with its number of keys (`undefined`: given per call). */
+/** Each script with its number of keys. */
 const SCRIPTS: Record<
   keyof ScriptCommands,
-  { lua: string; numberOfKeys?: number }
+  { lua: string; numberOfKeys: number }
 > = {
-  xpSbAppend: { lua: APPEND },
+  xpSbAppend: { lua: APPEND, numberOfKeys: 2 },
   xpSbDeleteThread: { lua: DELETE_THREAD, numberOfKeys: 3 },
   xpSbListThreads: { lua: LIST_THREADS, numberOfKeys: 1 },
   xpSbClearThreads: { lua: CLEAR_THREADS, numberOfKeys: 2 },
@@ -607,10 +655,7 @@ export function defineScripts<C extends Pick<RedisClientLike, "defineCommand">>(
     if (typeof (client as Record<string, unknown>)[name] === "function") {
       continue;
     }
-    client.defineCommand(
-      name,
-      numberOfKeys === undefined ? { lua } : { lua, numberOfKeys },
-    );
+    client.defineCommand(name, { lua, numberOfKeys });
   }
   return client as C & ScriptCommands;
 }

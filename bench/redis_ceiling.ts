@@ -121,13 +121,18 @@ export async function measureCeilings(
       opsPerSecond: await redisBenchmark(port, requests, threads, [
         "EVALSHA",
         ourSha,
-        "3",
+        "2",
         keys.threads,
         keys.records("ceiling"),
-        keys.thread(key),
         `86400000 ${Number.MAX_SAFE_INTEGER} 1000000`,
         "",
-        "1",
+        // The layout: the id's byte length (__rand_int__ is 12 digits), one
+        // slot, no append ids, the slot's length.
+        `${
+          new TextEncoder().encode(key.replace("__rand_int__", "0".repeat(12)))
+            .length
+        } 1 0 ${slot.length}`,
+        key,
         slot,
       ]),
     });
