@@ -117,6 +117,7 @@ export class RedisConnection {
   readonly endpoint: string;
   /** Whether this connection was opened here (and is ended by `close()`). */
   readonly #owned: boolean;
+  #closed = false;
   /** Commands sent through this connection awaiting a reply (for the watchdog). */
   #awaiting = 0;
   /** When the last reply arrived, or the first awaited command was sent (`performance.now()`). */
@@ -252,6 +253,11 @@ export class RedisConnection {
     }
   }
 
+  /** Whether {@linkcode close} was called: nothing is retried any more. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /**
    * Resolves when the client is ready (at once if it is), or after `ms`:
    * what a retry waits for after a failure, so that it goes out as soon as
@@ -278,6 +284,7 @@ export class RedisConnection {
    * client is left open.
    */
   async close(): Promise<void> {
+    this.#closed = true;
     clearTimeout(this.#watchdog);
     this.#watchdog = undefined;
     if (this.#owned) await endConnection(this.client, true);

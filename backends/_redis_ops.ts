@@ -239,7 +239,7 @@ export class RedisOps {
         trail.note(error);
         const left = deadline - performance.now();
         if (
-          left <= 0 ||
+          left <= 0 || this.#connection.closed ||
           (!(error instanceof Unconfirmed) && failureKind(error) === "failed")
         ) {
           throw error;
