@@ -64,7 +64,12 @@ export {
   InMemoryBackend,
   type InMemoryBackendOptions,
 } from "./backends/memory.ts";
-export { KvBackend } from "./backends/kv.ts";
+export {
+  KvBackend,
+  type KvBackendOptions,
+  type KvSweepOptions,
+  type KvSweepResult,
+} from "./backends/kv.ts";
 export { RedisBackend } from "./backends/redis.ts";
 export {
   type AppendOptions,
