@@ -1,5 +1,7 @@
 // Owns running the agent service as a `deno serve --parallel` subprocess (a free port, ready, stopped by pid) for its test and bench; never sends the service a request of its own besides the readiness probe.
 
+import { SERVICE_VARIABLES } from "./app.ts";
+
 /** How to start the service. */
 export interface ServiceOptions {
   /** Isolates: `DENO_JOBS` of `deno serve --parallel`. */
@@ -40,7 +42,7 @@ export function kvPermissions(kvPath: string): string[] {
   return [
     `--allow-read=${dir}`,
     `--allow-write=${dir}`,
-    "--allow-env=XP_BACKEND,XP_KV_PATH,XP_REDIS_URL,XP_PREFIX,XP_TTL_MS,XP_MAX_THREADS,XP_MAX_SLOTS_PER_THREAD",
+    `--allow-env=${SERVICE_VARIABLES.join(",")}`,
   ];
 }
 

@@ -56,6 +56,28 @@ import {
   ThreadRegistry,
 } from "@xml-pipeline/shared-backend";
 
+/**
+ * The environment variables the service's entry point reads (`main.ts`, with
+ * `configFromEnv`), so that `--allow-env` can name exactly these.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { SERVICE_VARIABLES } from "./app.ts";
+ *
+ * assert.ok(SERVICE_VARIABLES.includes("XP_KV_PATH"));
+ * ```
+ */
+export const SERVICE_VARIABLES: readonly string[] = [
+  "XP_BACKEND",
+  "XP_KV_PATH",
+  "XP_REDIS_URL",
+  "XP_PREFIX",
+  "XP_TTL_MS",
+  "XP_MAX_THREADS",
+  "XP_MAX_SLOTS_PER_THREAD",
+];
+
 /** A message as the service answers it: a slot without its thread id. */
 export interface MessageView {
   index: number;

@@ -25,21 +25,11 @@ import {
   configFromEnv,
   createSharedBackend,
 } from "@xml-pipeline/shared-backend";
-import { agentService } from "./app.ts";
+import { agentService, SERVICE_VARIABLES } from "./app.ts";
 
-/** The variables the service reads: `--allow-env` can name exactly these. */
-export const VARIABLES: readonly string[] = [
-  "XP_BACKEND",
-  "XP_KV_PATH",
-  "XP_REDIS_URL",
-  "XP_PREFIX",
-  "XP_TTL_MS",
-  "XP_MAX_THREADS",
-  "XP_MAX_SLOTS_PER_THREAD",
-];
-
+// Only the service's own variables: --allow-env can name exactly these.
 const env = Object.fromEntries(
-  VARIABLES.map((name) => [name, Deno.env.get(name)]),
+  SERVICE_VARIABLES.map((name) => [name, Deno.env.get(name)]),
 );
 const backend = await createSharedBackend({
   backendType: "kv",
