@@ -273,17 +273,26 @@ Deno.test("each backend works with exactly the permissions docs/deploy.md lists,
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
-    // The default KV of the probe's --location lives in Deno's origin storage.
+    // The default KV of the probe's --location lives in Deno's origin
+    // storage, in a folder named by the SHA-256 of the location's origin.
     const info = await new Deno.Command(Deno.execPath(), {
-      args: ["info", "--location", location],
+      args: ["info"],
       env: { NO_COLOR: "1" },
       stdout: "piped",
     }).output();
-    const storage = new TextDecoder().decode(info.stdout).match(
+    const root = new TextDecoder().decode(info.stdout).match(
       /Origin storage: (.*)/,
     )?.[1]?.trim();
-    if (storage !== undefined && storage.includes("location_data/")) {
-      await Deno.remove(storage, { recursive: true }).catch(() => {});
+    const digest = await crypto.subtle.digest(
+      "SHA-256",
+      new TextEncoder().encode(new URL(location).origin),
+    );
+    const hash = Array.from(
+      new Uint8Array(digest),
+      (b) => b.toString(16).padStart(2, "0"),
+    ).join("");
+    if (root !== undefined && root.endsWith("location_data")) {
+      await Deno.remove(`${root}/${hash}`, { recursive: true }).catch(() => {});
     }
   }
 });
