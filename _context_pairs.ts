@@ -1,8 +1,8 @@
 // Keeps the chain <-> uuid pair of a thread that a ContextBuffer appends to
 // alive as long as the thread (contract item 14): a registry pair expires
 // ttlMs after its last write, a thread ttlMs after its last append. It only
-// calls `registryRefresh`, at most once every ttlMs / 4 per thread; it never
-// writes a slot, a mapping, or anything else.
+// calls `registryRefresh` (for 1.25 ttlMs), at most once every ttlMs / 4 per
+// thread; it never writes a slot, a mapping, or anything else.
 
 import type { SharedBackend } from "./protocol.ts";
 
@@ -58,7 +58,12 @@ export class PairKeeper {
       }
     };
     try {
-      return this.#backend.registryRefresh(threadId).then(() => {}, failed);
+      // Refreshed for 1.25 ttlMs: the next refresh comes with the first
+      // append after ttlMs / 4, so the thread (which lives ttlMs after its
+      // last append) never outlives its pair.
+      return this.#backend.registryRefresh(threadId, {
+        ttlMs: Math.ceil(ttlMs * 1.25),
+      }).then(() => {}, failed);
     } catch {
       failed();
       return Promise.resolve();

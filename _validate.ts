@@ -49,6 +49,29 @@ export function checkAppendOptions(options: unknown): void {
   }
 }
 
+/**
+ * Checks `registryRefresh` options and returns the TTL to refresh with:
+ * `options.ttlMs` (a positive integer) or `defaultTtlMs`.
+ */
+export function refreshTtl(options: unknown, defaultTtlMs: number): number {
+  if (options === undefined) return defaultTtlMs;
+  if (options === null || typeof options !== "object") {
+    throw new TypeError(
+      `Invalid options: expected an object or undefined, got ${
+        describe(options)
+      }`,
+    );
+  }
+  const { ttlMs } = options as { ttlMs?: unknown };
+  if (ttlMs === undefined) return defaultTtlMs;
+  if (!isNonNegativeInteger(ttlMs) || ttlMs === 0) {
+    throw new RangeError(
+      `Invalid ttlMs: expected a positive integer, got ${describe(ttlMs)}`,
+    );
+  }
+  return ttlMs;
+}
+
 /** Throws unless `options` are valid `bufferWatch` options (or undefined). */
 export function checkWatchOptions(options: unknown): void {
   if (options === undefined) return;

@@ -48,6 +48,7 @@ import { DEFAULT_CONFIG } from "./config.ts";
 import type {
   BufferAppendOptions,
   BufferWatchOptions,
+  RegistryRefreshOptions,
   SharedBackend,
 } from "./protocol.ts";
 import { serializeSlot } from "./serialize.ts";
@@ -68,6 +69,7 @@ export type {
   BackendStats,
   BufferAppendOptions,
   BufferWatchOptions,
+  RegistryRefreshOptions,
   SharedBackend,
   WatchedSlot,
 } from "./protocol.ts";

@@ -38,6 +38,7 @@ export type {
   BackendStats,
   BufferAppendOptions,
   BufferWatchOptions,
+  RegistryRefreshOptions,
   SharedBackend,
   WatchedSlot,
 } from "./protocol.ts";

@@ -139,6 +139,31 @@ export interface WatchedSlot {
 }
 
 /**
+ * Options of {@linkcode SharedBackend.registryRefresh}.
+ *
+ * @example
+ * ```ts
+ * import { createSharedBackend, type RegistryRefreshOptions } from "@xml-pipeline/shared-backend";
+ * import assert from "node:assert/strict";
+ *
+ * await using backend = await createSharedBackend({ ttlMs: 60_000 });
+ * await backend.registrySet("console.greeter", "u1");
+ * const options: RegistryRefreshOptions = { ttlMs: 75_000 };
+ * assert.equal(await backend.registryRefresh("u1", options), true);
+ * assert.equal(await backend.registryRefresh("u2", options), false);
+ * ```
+ */
+export interface RegistryRefreshOptions {
+  /**
+   * How long the pair lives from now, in milliseconds: a positive integer.
+   * Ignored by a backend whose `ttlMs` is 0 (its pairs never expire).
+   *
+   * @default {the backend's ttlMs}
+   */
+  ttlMs?: number;
+}
+
+/**
  * Shared state for multi-process and multi-isolate agent pipelines.
  *
  * **Context buffer**: per thread, an append-only list of opaque binary slots.
@@ -344,13 +369,21 @@ export interface SharedBackend extends AsyncDisposable {
 
   /**
    * Refreshes the TTL of a uuid's pair, both directions, if it is mapped
-   * (as if it had just been written, without changing it). What keeps the
-   * chain of a live conversation from expiring before its thread.
+   * (as if it had just been written, without changing it): it then expires
+   * `ttlMs` from now. What keeps the chain of a live conversation from
+   * expiring before its thread.
    *
    * @param uuid The uuid.
+   * @param options `ttlMs`: how long the pair lives from now, a positive
+   * integer (default: this backend's `ttlMs`). A backend with `ttlMs` 0
+   * writes pairs that never expire, and ignores it.
    * @returns `true` if it was mapped (and is refreshed).
+   * @throws {RangeError} `ttlMs` is not a positive integer.
    */
-  registryRefresh(uuid: string): Promise<boolean>;
+  registryRefresh(
+    uuid: string,
+    options?: RegistryRefreshOptions,
+  ): Promise<boolean>;
 
   /**
    * Removes a uuid's pair, both directions.

@@ -88,11 +88,11 @@ export class KvRegistry {
 
   /**
    * Refreshes the pair of `uuid` both ways (and its expiry-index entry) in
-   * one commit, if it is mapped and live.
+   * one commit, if it is mapped and live: it then expires `ttlMs` from now.
    *
    * @returns `true` if it was mapped (and live); `false` writes nothing.
    */
-  async refresh(uuid: string): Promise<boolean> {
+  async refresh(uuid: string, ttlMs = this.#ttlMs): Promise<boolean> {
     const { kv, keys } = this.#store;
     return await this.#write(
       `Cannot refresh uuid ${JSON.stringify(uuid)}`,
@@ -110,7 +110,7 @@ export class KvRegistry {
         const op = kv.atomic().check(byUuid, byChain);
         const indexed = pairIndexKey(keys, record.c, byChain.value.e);
         if (indexed !== undefined) op.delete(indexed);
-        this.#setPair(op, record.c, uuid, now);
+        this.#setPair(op, record.c, uuid, now, ttlMs);
         return { op, outcome: true };
       },
     );
@@ -125,13 +125,16 @@ export class KvRegistry {
     chain: string,
     uuid: string,
     now: number,
+    ttlMs = this.#ttlMs,
   ): void {
     const { keys } = this.#store;
-    const expiresAt = expiryFrom(now, this.#ttlMs);
+    // A backend with ttlMs 0 writes persistent pairs, whatever it is asked.
+    const lifetime = this.#ttlMs === 0 ? 0 : ttlMs;
+    const expiresAt = expiryFrom(now, lifetime);
     const record: RegistryRecord = { c: chain, u: uuid, e: expiresAt };
     const options = expiresAt === 0
       ? undefined
-      : { expireIn: this.#ttlMs + EXPIRE_IN_GRACE_MS };
+      : { expireIn: lifetime + EXPIRE_IN_GRACE_MS };
     op.set(keys.chain(chain), record, options);
     op.set(keys.uuid(uuid), record, options);
     const indexed = pairIndexKey(keys, chain, expiresAt);

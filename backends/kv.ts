@@ -35,6 +35,7 @@ import type {
   BackendStats,
   BufferAppendOptions,
   BufferWatchOptions,
+  RegistryRefreshOptions,
   SharedBackend,
   WatchedSlot,
 } from "../protocol.ts";
@@ -43,6 +44,7 @@ import {
   checkId,
   checkRange,
   checkSlot,
+  refreshTtl,
 } from "../_validate.ts";
 import { watchThread } from "../_watch.ts";
 import { KvAppendQueue } from "./_kv_append_queue.ts";
@@ -67,6 +69,7 @@ export type {
   BackendStats,
   BufferAppendOptions,
   BufferWatchOptions,
+  RegistryRefreshOptions,
   SharedBackend,
   WatchedSlot,
 } from "../protocol.ts";
@@ -617,11 +620,15 @@ export class KvBackend implements SharedBackend {
    * On Deno KV both records and the pair's expiry-index entry are rewritten
    * in one commit, checked against what was read.
    */
-  registryRefresh(uuid: string): Promise<boolean> {
+  registryRefresh(
+    uuid: string,
+    options?: RegistryRefreshOptions,
+  ): Promise<boolean> {
     return this.#enter("registryRefresh", async () => {
       checkId("uuid", uuid);
+      const ttlMs = refreshTtl(options, this.ttlMs);
       await this.#sweeper.maintain();
-      return await this.#registry.refresh(uuid);
+      return await this.#registry.refresh(uuid, ttlMs);
     });
   }
 

@@ -19,6 +19,7 @@ import type {
   BackendStats,
   BufferAppendOptions,
   BufferWatchOptions,
+  RegistryRefreshOptions,
   SharedBackend,
   WatchedSlot,
 } from "../protocol.ts";
@@ -28,6 +29,7 @@ import {
   checkRange,
   checkSlot,
   isSlotIndex,
+  refreshTtl,
 } from "../_validate.ts";
 import { WatchListeners, watchThread } from "../_watch.ts";
 import {
@@ -46,6 +48,7 @@ export type {
   BackendStats,
   BufferAppendOptions,
   BufferWatchOptions,
+  RegistryRefreshOptions,
   SharedBackend,
   WatchedSlot,
 } from "../protocol.ts";
@@ -380,12 +383,16 @@ export class InMemoryBackend implements SharedBackend {
   }
 
   /** {@inheritDoc SharedBackend.registryRefresh} */
-  async registryRefresh(uuid: string): Promise<boolean> {
+  async registryRefresh(
+    uuid: string,
+    options?: RegistryRefreshOptions,
+  ): Promise<boolean> {
     const now = this.#enter("registryRefresh");
     checkId("uuid", uuid);
+    const ttlMs = refreshTtl(options, this.#ttlMs);
     const pair = this.#livePair(this.#uuids, uuid, now);
     if (pair === undefined) return false;
-    if (this.#ttlMs > 0) this.#expireAt(pair, now + this.#ttlMs);
+    if (this.#ttlMs > 0) this.#expireAt(pair, now + ttlMs);
     return true;
   }
 

@@ -69,6 +69,7 @@ import type {
   BackendStats,
   BufferAppendOptions,
   BufferWatchOptions,
+  RegistryRefreshOptions,
   SharedBackend,
   WatchedSlot,
 } from "../protocol.ts";
@@ -78,6 +79,7 @@ import {
   checkRange,
   checkSlot,
   isSlotIndex,
+  refreshTtl,
 } from "../_validate.ts";
 import { watchThread } from "../_watch.ts";
 import { RedisAppender } from "./_redis_appends.ts";
@@ -94,6 +96,7 @@ export type {
   BackendStats,
   BufferAppendOptions,
   BufferWatchOptions,
+  RegistryRefreshOptions,
   SharedBackend,
   WatchedSlot,
 } from "../protocol.ts";
@@ -452,9 +455,14 @@ export class RedisBackend implements SharedBackend {
   }
 
   /** {@inheritDoc SharedBackend.registryRefresh} */
-  async registryRefresh(uuid: string): Promise<boolean> {
+  async registryRefresh(
+    uuid: string,
+    options?: RegistryRefreshOptions,
+  ): Promise<boolean> {
     this.#enter("registryRefresh");
     checkId("uuid", uuid);
+    // A backend with ttlMs 0 writes persistent pairs, whatever it is asked.
+    const ttlMs = this.#ttlMs === 0 ? 0 : refreshTtl(options, this.#ttlMs);
     // One script: both keys and the index entry, atomically. Running it
     // twice (a retry) only refreshes twice: no op record.
     const mapped = await this.#ops.mutate(
@@ -463,7 +471,7 @@ export class RedisBackend implements SharedBackend {
       () => [
         this.#keys.registry,
         this.#keys.uuid(uuid),
-        String(this.#ttlMs),
+        String(ttlMs),
         this.#keys.chainPrefix,
         uuid,
       ],

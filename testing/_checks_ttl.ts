@@ -122,16 +122,26 @@ export const TTL_CHECKS: Check[] = [
   },
   {
     name:
-      "registryRefresh() keeps a pair alive both ways for another ttlMs; false for an unmapped uuid, writing nothing",
+      "registryRefresh() keeps a pair alive both ways for another ttlMs, or for its ttlMs option; false for an unmapped uuid, writing nothing",
     async fn(open, time) {
       const T = time.ttlMs;
       const a = await open({ ttlMs: T });
       const t0 = time.now();
       await a.registrySet("chain.kept", "u-kept");
       await a.registrySet("chain.idle", "u-idle");
+      await a.registrySet("chain.long", "u-long");
       assert.equal(await a.registryRefresh("u-unmapped"), false);
+      for (const ttlMs of [0, -1, 1.5, NaN]) {
+        await assert.rejects(
+          a.registryRefresh("u-long", { ttlMs }),
+          (error: Error) =>
+            error instanceof RangeError && /ttlMs/.test(error.message),
+          `ttlMs ${ttlMs}`,
+        );
+      }
       await time.until(t0 + T / 2);
       assert.equal(await a.registryRefresh("u-kept"), true);
+      assert.equal(await a.registryRefresh("u-long", { ttlMs: 2 * T }), true);
       const refreshed = time.now();
       await time.until(t0 + T + time.slackMs);
       assert.equal(await a.registryGetChain("u-idle"), null);
@@ -143,7 +153,13 @@ export const TTL_CHECKS: Check[] = [
       assert.equal(await a.registryGetChain("u-kept"), null);
       assert.equal(await a.registryGetUuid("chain.kept"), null);
       assert.equal(await a.registryRefresh("u-kept"), false);
-      assert.deepEqual(await a.registryListAll(), new Map());
+      // Refreshed for 2 ttlMs: it outlives the default by ttlMs.
+      assert.equal(await a.registryGetChain("u-long"), "chain.long");
+      assert.equal(await a.registryGetUuid("chain.long"), "u-long");
+      assert.deepEqual(
+        await a.registryListAll(),
+        new Map([["u-long", "chain.long"]]),
+      );
     },
   },
 ];

@@ -55,6 +55,7 @@ export type {
   BackendStats,
   BufferAppendOptions,
   BufferWatchOptions,
+  RegistryRefreshOptions,
   SharedBackend,
   WatchedSlot,
 } from "../protocol.ts";

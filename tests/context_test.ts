@@ -917,10 +917,29 @@ Deno.test("ContextBuffer on memory with an injected clock: a conversation append
   });
   // The root was never appended to: it expired, as before.
   assert.equal(await registry.lookup(root), null);
-  // Without appends the pair goes with the thread: at most ttlMs after the last.
+  // Without appends the thread goes ttlMs after the last, and its pair at
+  // most ttlMs / 4 later (it is refreshed for 1.25 ttlMs).
   now += 1_500;
-  assert.equal(await registry.lookup(thread), null);
   assert.deepEqual(await buffer.getThread(thread), []);
+  now += 500;
+  assert.equal(await registry.lookup(thread), null);
+});
+
+Deno.test("ContextBuffer: the pair of a thread lives as long as the thread, also when its last append came between two refreshes (contract item 14)", async () => {
+  let now = 0;
+  const clock = () => now;
+  await using backend = new InMemoryBackend({ ttlMs: 2_000, now: clock });
+  const registry = new ThreadRegistry(backend);
+  const buffer = new ContextBuffer<number>(backend, { now: clock });
+  const thread = await registry.startChain("console", "router");
+  await buffer.append(thread, 0, { fromId: "console", toId: "router" }); // refreshes
+  now = 450;
+  await buffer.append(thread, 1, { fromId: "console", toId: "router" }); // too soon to refresh
+  now = 450 + 1_999; // the thread's last millisecond
+  assert.equal(await buffer.threadLength(thread), 2);
+  assert.equal(await registry.lookup(thread), "console.router");
+  now = 450 + 2_000;
+  assert.equal(await buffer.threadLength(thread), 0);
 });
 
 Deno.test("ContextBuffer refreshes a thread's pair at most every ttlMs / 4, and remembers a bounded number of threads", async () => {
@@ -939,11 +958,12 @@ Deno.test("ContextBuffer refreshes a thread's pair at most every ttlMs / 4, and 
     now = at;
     await append("t");
   }
-  assert.deepEqual(spy.calls, [["t"]]);
+  const refresh = ["t", { ttlMs: 2_500 }];
+  assert.deepEqual(spy.calls, [refresh]);
   now = 500;
   await append("t");
   await append("t");
-  assert.deepEqual(spy.calls, [["t"], ["t"]]);
+  assert.deepEqual(spy.calls, [refresh, refresh]);
   // A deleted thread is refreshed on its next append.
   await buffer.deleteThread("t");
   await append("t");
