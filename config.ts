@@ -189,6 +189,34 @@ export interface ResolvedConfig {
 
 const BACKEND_TYPES = ["memory", "kv", "redis", "manager"] as const;
 
+/** Every variable {@linkcode configFromEnv} reads. */
+const ENV_VARIABLES = [
+  "XP_BACKEND",
+  "XP_PREFIX",
+  "XP_REDIS_URL",
+  "REDIS_URL",
+  "XP_KV_PATH",
+  "XP_TTL_MS",
+  "XP_MAX_SLOTS_PER_THREAD",
+  "XP_MAX_THREADS",
+  "XP_MAX_SLOT_BYTES",
+  "XP_RETRY_TIMEOUT_MS",
+  "XP_DURABLE_REPLICAS",
+];
+
+/**
+ * The variables of {@linkcode ENV_VARIABLES} this process may read, without
+ * asking (no permission prompt) and without needing `--allow-env` for all.
+ */
+function readableEnv(): Record<string, string | undefined> {
+  const vars: Record<string, string | undefined> = {};
+  for (const variable of ENV_VARIABLES) {
+    const { state } = Deno.permissions.querySync({ name: "env", variable });
+    if (state === "granted") vars[variable] = Deno.env.get(variable);
+  }
+  return vars;
+}
+
 /** The numeric options: their environment variable and their least value. */
 const NUMBER_OPTIONS = [
   ["ttlMs", "XP_TTL_MS", 0],
@@ -288,7 +316,9 @@ type NumberOption = typeof NUMBER_OPTIONS[number][0];
  *
  * `XP_PREFIX` set to an empty string is an error (unset it for the default
  * prefix; an empty prefix can be given in code).
- * @param env The variables; default: `Deno.env.toObject()` (needs `--allow-env`).
+ * @param env The variables; default: the process environment, each of the
+ * variables above that this process may read (`--allow-env`, or just
+ * `--allow-env=XP_BACKEND,XP_KV_PATH,...`: one it may not read counts as unset).
  * @returns The config the variables describe.
  * @throws {TypeError} `XP_BACKEND` names no backend.
  * @throws {RangeError} A number variable is not an integer in its option's range, or `XP_PREFIX` is empty; the message names the variable.
@@ -306,7 +336,7 @@ type NumberOption = typeof NUMBER_OPTIONS[number][0];
 export function configFromEnv(
   env?: Record<string, string | undefined>,
 ): BackendConfig {
-  const vars = env ?? Deno.env.toObject();
+  const vars = env ?? readableEnv();
   const get = (name: string): string | undefined => {
     const value = vars[name];
     return value === undefined || value === "" ? undefined : value;

@@ -249,6 +249,32 @@ Deno.test("configFromEnv()", async (t) => {
     },
   );
 
+  await t.step(
+    "reads only its own variables: --allow-env=XP_BACKEND is enough, an unreadable one counts as unset",
+    async () => {
+      const { code, stdout, stderr } = await new Deno.Command(
+        Deno.execPath(),
+        {
+          args: [
+            "run",
+            "--allow-env=XP_BACKEND",
+            "--allow-read",
+            new URL("./_fixtures/config_from_env.ts", import.meta.url).pathname,
+          ],
+          env: { XP_BACKEND: "kv", XP_TTL_MS: "5", NO_COLOR: "1" },
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        },
+      ).output();
+      const decoder = new TextDecoder();
+      assert.equal(code, 0, decoder.decode(stderr));
+      assert.deepEqual(JSON.parse(decoder.decode(stdout)), {
+        backendType: "kv",
+      });
+    },
+  );
+
   await t.step("reads Deno.env when given no object", () => {
     Deno.env.set("XP_MAX_THREADS", "42");
     try {
