@@ -180,7 +180,7 @@ async function readThread(
   threadId: string,
 ): Promise<(BufferSlot<{ id?: unknown }> | Error | null)[]> {
   try {
-    return [...(await buffer.getThread(threadId) ?? [])];
+    return [...await buffer.getThread(threadId)];
   } catch {
     const raw = await buffer.backend.bufferGetThread(threadId);
     const slots: (BufferSlot<{ id?: unknown }> | Error | null)[] = [];

@@ -144,7 +144,7 @@ export function agentService(
     if (action === "" && method === "GET") {
       const chain = await registry.lookup(uuid);
       if (chain === null) throw unknown(uuid);
-      const messages = (await buffer.getThread(uuid)) ?? [];
+      const messages = await buffer.getThread(uuid);
       return [200, { uuid, chain, messages: messages.map(view) }];
     }
     if (action === "messages" && method === "POST") {
