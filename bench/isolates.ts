@@ -2,8 +2,10 @@
  * Multi-isolate append throughput: total appends/s with 1, 2 and 4 Workers
  * appending to one store at once, the package's backend beside the naive
  * approach a user would hand-write for that store, with ratios, and the
- * backend's p99 and max latency per append. (`bench/isolates_serve.ts` is the
- * same question over HTTP, under `deno serve --parallel`.)
+ * backend's p99 and max latency per append, and the CPU time per append (user +
+ * system of this process, whose Workers do the appending; Linux only).
+ * (`bench/isolates_serve.ts` is the same question over HTTP, under
+ * `deno serve --parallel`.)
  *
  * ```sh
  * deno run -A bench/isolates.ts                      # kv: a fresh temp KV file
@@ -17,8 +19,11 @@
  * `--inflight` appends in flight per worker (default 16), `--threads`: the
  * shapes, each a number of threads shared by all workers (default 1: every
  * worker appends to the same thread, the hardest case; `100,1` runs both),
- * `--workers` (default 1,2,4), `--kv-path` (default: a fresh temp file,
- * removed at the end).
+ * `--workers` (default 1,2,4), `--rounds` (default 1: with more, the runs are
+ * interleaved, round after round, and each row shows the median appends/s,
+ * p99 and CPU and the largest max, so that a busy machine disturbs every row
+ * alike), `--no-naive` (the backend only), `--kv-path` (default: a fresh temp
+ * file, removed at the end).
  *
  * @module
  */
@@ -27,6 +32,7 @@ import { parseArgs } from "node:util";
 import type { BackendConfig } from "../mod.ts";
 import type { IsolateJob, IsolateReport } from "./_isolates_worker.ts";
 import { startRedisServer } from "../tests/_redis_server.ts";
+import { processCpuMs } from "./_isolates_cpu.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -36,6 +42,8 @@ const { values } = parseArgs({
     inflight: { type: "string", default: "16" },
     threads: { type: "string", default: "1" },
     workers: { type: "string", default: "1,2,4" },
+    rounds: { type: "string", default: "1" },
+    "no-naive": { type: "boolean", default: false },
     "kv-path": { type: "string" },
     "redis-url": { type: "string" },
   },
@@ -50,6 +58,10 @@ const durationMs = Number(values.seconds) * 1000;
 const inflight = Number(values.inflight);
 const shapes = values.threads.split(",").map(Number);
 const workerCounts = values.workers.split(",").map(Number);
+const rounds = Number(values.rounds);
+const modes = values["no-naive"]
+  ? (["backend"] as const)
+  : (["backend", "naive"] as const);
 
 /** Per backend: the store config shared by all workers, and its cleanup. */
 async function storeFor(
@@ -89,6 +101,8 @@ interface Measured {
   /** Latency per append in milliseconds: 99th percentile and largest. */
   p99: number;
   max: number;
+  /** CPU time of this process per successful append, in microseconds. */
+  cpuUs: number;
 }
 
 /** The `p` quantile (0..1) of some numbers, by the nearest-rank method. */
@@ -121,8 +135,10 @@ async function measure(
     for (const worker of workers) worker.postMessage(job);
     await Promise.all(ready);
     const done = workers.map(next);
+    const cpuBefore = processCpuMs();
     for (const worker of workers) worker.postMessage("go");
     const reports = (await Promise.all(done)) as IsolateReport[];
+    const cpuMs = processCpuMs() - cpuBefore;
     const appends = reports.reduce((sum, r) => sum + r.appends, 0);
     const elapsed = Math.max(...reports.map((r) => r.elapsedMs));
     const firstError = reports.find((r) => r.firstError)?.firstError;
@@ -139,6 +155,7 @@ async function measure(
       errors: reports.reduce((sum, r) => sum + r.errors, 0),
       p99: quantile(latencies, 0.99),
       max: latencies.reduce((a, b) => Math.max(a, b), 0),
+      cpuUs: cpuMs * 1000 / appends,
       ...(firstError === undefined ? {} : { firstError }),
     };
   } finally {
@@ -146,96 +163,155 @@ async function measure(
   }
 }
 
+/** The median of some numbers (NaN if none). */
+function median(values: number[]): number {
+  return quantile(
+    Float64Array.from(values.filter((v) => !Number.isNaN(v))),
+    0.5,
+  );
+}
+
+/** Per shape, worker count and mode, the median of its rounds (largest max, all errors). */
+function combine(all: Measured[]): Measured {
+  const firstError = all.find((m) => m.firstError)?.firstError;
+  return {
+    rate: median(all.map((m) => m.rate)),
+    errors: all.reduce((sum, m) => sum + m.errors, 0),
+    p99: median(all.map((m) => m.p99)),
+    max: Math.max(...all.map((m) => m.max)),
+    cpuUs: median(all.map((m) => m.cpuUs)),
+    ...(firstError === undefined ? {} : { firstError }),
+  };
+}
+
 const store = await storeFor(backend);
-const tables: string[] = [];
+/** Every run, by `${threads}/${workers}/${mode}`. */
+const runs = new Map<string, Measured[]>();
 let run = 0;
 try {
-  for (const threadCount of shapes) {
-    const threads = Array.from(
-      { length: threadCount },
-      (_, i) => `thread-${i}`,
-    );
-    const rows: string[][] = [];
-    const base: Record<string, Measured> = {};
-    for (const count of workerCounts) {
-      const results: Record<string, Measured> = {};
-      for (const mode of ["backend", "naive"] as const) {
-        const config: BackendConfig = {
-          ...store.config,
-          prefix: `bench-isolates-${run++}:`,
-          ttlMs: 0,
-          maxSlotsPerThread: Number.MAX_SAFE_INTEGER,
-        };
-        const job: IsolateJob = {
-          backend,
-          mode,
-          config,
-          threads,
-          durationMs,
-          inflight,
-          slotBytes: 200,
-        };
-        try {
-          results[mode] = await measure(count, job);
-        } catch (error) {
-          // No naive appender for this backend (yet): show n/a, keep going.
-          if (mode === "backend") throw error;
-          results[mode] = {
-            rate: NaN,
-            errors: 0,
-            p99: NaN,
-            max: NaN,
-            firstError: String(error),
+  for (let round = 0; round < rounds; round++) {
+    for (const threadCount of shapes) {
+      const threads = Array.from(
+        { length: threadCount },
+        (_, i) => `thread-${i}`,
+      );
+      for (const count of workerCounts) {
+        for (const mode of modes) {
+          const config: BackendConfig = {
+            ...store.config,
+            prefix: `bench-isolates-${run++}:`,
+            ttlMs: 0,
+            maxSlotsPerThread: Number.MAX_SAFE_INTEGER,
           };
+          const job: IsolateJob = {
+            backend,
+            mode,
+            config,
+            threads,
+            durationMs,
+            inflight,
+            slotBytes: 200,
+          };
+          let result: Measured;
+          try {
+            result = await measure(count, job);
+          } catch (error) {
+            // No naive appender for this backend (yet): show n/a, keep going.
+            if (mode === "backend") throw error;
+            result = {
+              rate: NaN,
+              errors: 0,
+              p99: NaN,
+              max: NaN,
+              cpuUs: NaN,
+              firstError: String(error),
+            };
+          }
+          const key = `${threadCount}/${count}/${mode}`;
+          runs.set(key, [...(runs.get(key) ?? []), result]);
+          if (rounds > 1) {
+            console.error(
+              `  round ${
+                round + 1
+              }: ${threadCount} thread(s), ${count} worker(s), ${mode}: ${
+                Math.round(result.rate)
+              } appends/s, p99 ${result.p99.toFixed(1)} ms, max ${
+                result.max.toFixed(0)
+              } ms, ${result.cpuUs.toFixed(0)} us CPU/append`,
+            );
+          }
         }
-        base[mode] ??= results[mode];
       }
-      const b = results.backend!;
-      const n = results.naive!;
-      const rate = (r: number) =>
-        Number.isNaN(r) ? "n/a" : Math.round(r).toLocaleString("en-US");
-      const ratio = (r: number, digits: number) =>
-        Number.isNaN(r) ? "n/a" : `${r.toFixed(digits)}x`;
-      const ms = (value: number) => `${value.toFixed(value < 10 ? 1 : 0)} ms`;
-      rows.push([
-        String(count),
-        rate(b.rate),
-        ratio(b.rate / base.backend!.rate, 2),
-        ms(b.p99),
-        ratio(b.p99 / base.backend!.p99, 2),
-        ms(b.max),
-        rate(n.rate),
-        ratio(n.rate / base.naive!.rate, 2),
-        ratio(b.rate / n.rate, 1),
-        b.errors + n.errors === 0
-          ? ""
-          : `${b.errors}/${n.errors} (${b.firstError ?? n.firstError})`,
-      ]);
     }
-    const header = [
-      "workers",
-      "backend appends/s",
-      "vs 1 worker",
-      "p99",
-      "p99 vs 1 worker",
-      "max",
-      "naive appends/s",
-      "vs 1 worker",
-      "backend / naive",
-      "errors (backend/naive)",
-    ];
-    tables.push(
-      [
-        `${backend}: total appends/s of 200-byte slots, ${inflight} in flight per worker, ${threads.length} thread(s) shared by all workers, ${
-          durationMs / 1000
-        } s per run`,
-        `| ${header.join(" | ")} |`,
-        `| ${header.map(() => "---").join(" | ")} |`,
-        ...rows.map((row) => `| ${row.join(" | ")} |`),
-      ].join("\n"),
-    );
   }
 } finally {
   await store.cleanUp();
+}
+
+const tables: string[] = [];
+for (const threadCount of shapes) {
+  const rows: string[][] = [];
+  const measured = (count: number, mode: string): Measured =>
+    runs.has(`${threadCount}/${count}/${mode}`)
+      ? combine(runs.get(`${threadCount}/${count}/${mode}`)!)
+      : { rate: NaN, errors: 0, p99: NaN, max: NaN, cpuUs: NaN };
+  const baseCount = workerCounts[0]!;
+  const base = {
+    backend: measured(baseCount, "backend"),
+    naive: measured(baseCount, "naive"),
+  };
+  for (const count of workerCounts) {
+    const b = measured(count, "backend");
+    const n = measured(count, "naive");
+    const rate = (r: number) =>
+      Number.isNaN(r) ? "n/a" : Math.round(r).toLocaleString("en-US");
+    const ratio = (r: number, digits: number) =>
+      Number.isNaN(r) ? "n/a" : `${r.toFixed(digits)}x`;
+    const ms = (value: number) => `${value.toFixed(value < 10 ? 1 : 0)} ms`;
+    rows.push([
+      String(count),
+      rate(b.rate),
+      ratio(b.rate / base.backend.rate, 2),
+      ms(b.p99),
+      ratio(b.p99 / base.backend.p99, 2),
+      ms(b.max),
+      Number.isNaN(b.cpuUs) ? "n/a" : `${b.cpuUs.toFixed(0)} us`,
+      ratio(b.cpuUs / base.backend.cpuUs, 2),
+      rate(n.rate),
+      ratio(n.rate / base.naive.rate, 2),
+      ratio(b.rate / n.rate, 1),
+      b.errors + n.errors === 0
+        ? ""
+        : `${b.errors}/${n.errors} (${b.firstError ?? n.firstError})`,
+    ]);
+  }
+  const header = [
+    "workers",
+    "backend appends/s",
+    `vs ${baseCount} worker(s)`,
+    "p99",
+    "p99 vs base",
+    "max",
+    "CPU/append",
+    "CPU vs base",
+    "naive appends/s",
+    "vs base",
+    "backend / naive",
+    "errors (backend/naive)",
+  ];
+  tables.push(
+    [
+      `${backend}: total appends/s of 200-byte slots, ${inflight} in flight per worker, ${threadCount} thread(s) shared by all workers, ${
+        durationMs / 1000
+      } s per run${
+        rounds > 1
+          ? `; ${rounds} interleaved rounds: median appends/s, p99 and CPU, largest max`
+          : ""
+      }`,
+      `| ${header.join(" | ")} |`,
+      `| ${header.map(() => "---").join(" | ")} |`,
+      ...rows.map((row) => `| ${row.join(" | ")} |`),
+    ].join("\n"),
+  );
 }
 console.log(tables.join("\n\n"));

@@ -24,6 +24,9 @@
  * load generator allow on this machine). The targets of issue 13 are
  * checked per row: requests/s at least 1.0x one isolate's over 100 threads
  * and 0.8x on one, p99 at most 3x one isolate's, no request over 250 ms.
+ * Each row also gives the service's CPU time per request (user + system of
+ * the `deno serve` process, all isolates, during the measured load; Linux
+ * only): less sensitive to a busy machine than requests/s.
  *
  * @module
  */
@@ -32,6 +35,7 @@ import { parseArgs } from "node:util";
 import { drive, quantile } from "../examples/agent-service/_load.ts";
 import { startService } from "../examples/agent-service/_server.ts";
 import { startRedisServer } from "../tests/_redis_server.ts";
+import { childrenCpuMs } from "./_isolates_cpu.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -66,6 +70,8 @@ interface Row {
   p50: number;
   p99: number;
   max: number;
+  /** CPU time of the service (and its store's server) per answered request, in microseconds. */
+  cpuUs: number;
   failed: number;
   firstFailure: string | undefined;
 }
@@ -117,6 +123,7 @@ async function run(isolates: number, threads: number): Promise<Row> {
         request: message,
       });
     }
+    const cpuBefore = childrenCpuMs();
     const load = await drive({
       url: service.url,
       connections,
@@ -124,6 +131,7 @@ async function run(isolates: number, threads: number): Promise<Row> {
       durationMs,
       request: message,
     });
+    const cpuMs = childrenCpuMs() - cpuBefore;
     return {
       threads,
       isolates,
@@ -131,6 +139,7 @@ async function run(isolates: number, threads: number): Promise<Row> {
       p50: quantile(load.latencies, 0.5),
       p99: quantile(load.latencies, 0.99),
       max: Math.max(...load.latencies),
+      cpuUs: cpuMs * 1000 / load.ok,
       failed: load.failed,
       firstFailure: load.firstFailure,
     };
@@ -150,7 +159,7 @@ for (let round = 0; round < rounds; round++) {
           Math.round(row.rate)
         } requests/s, p99 ${row.p99.toFixed(1)} ms, max ${
           row.max.toFixed(0)
-        } ms`,
+        } ms, ${row.cpuUs.toFixed(0)} us CPU/request`,
       );
     }
   }
@@ -170,6 +179,7 @@ for (const threads of shapes) {
       p50: quantile(mine.map((r) => r.p50), 0.5),
       p99: quantile(mine.map((r) => r.p99), 0.5),
       max: Math.max(...mine.map((r) => r.max)),
+      cpuUs: quantile(mine.map((r) => r.cpuUs), 0.5),
       failed: mine.reduce((sum, r) => sum + r.failed, 0),
       firstFailure: mine.find((r) => r.firstFailure)?.firstFailure,
     });
@@ -182,7 +192,7 @@ console.log(
     durationMs / 1000
   } s per run after ${warmupMs / 1000} s of warm-up${
     rounds > 1
-      ? `; ${rounds} interleaved rounds: median requests/s, p50 and p99, largest max`
+      ? `; ${rounds} interleaved rounds: median requests/s, p50, p99 and CPU, largest max`
       : ""
   }`,
 );
@@ -195,6 +205,8 @@ const header = [
   "p99",
   "p99 vs 1 isolate",
   "max",
+  "CPU/request",
+  "CPU vs 1 isolate",
   "failed",
   "targets",
 ];
@@ -204,6 +216,7 @@ for (const row of rows) {
   const base = rows.find((r) => r.threads === row.threads && r.isolates === 1);
   const rateRatio = base === undefined ? NaN : row.rate / base.rate;
   const p99Ratio = base === undefined ? NaN : row.p99 / base.p99;
+  const cpuRatio = base === undefined ? NaN : row.cpuUs / base.cpuUs;
   const wanted = row.threads > 1 ? 1.0 : 0.8;
   const misses = [
     rateRatio < wanted ? `requests/s < ${wanted}x` : "",
@@ -222,6 +235,8 @@ for (const row of rows) {
         ms(row.p99),
         Number.isNaN(p99Ratio) ? "" : `${p99Ratio.toFixed(2)}x`,
         ms(row.max),
+        Number.isNaN(row.cpuUs) ? "n/a" : `${row.cpuUs.toFixed(0)} us`,
+        Number.isNaN(cpuRatio) ? "" : `${cpuRatio.toFixed(2)}x`,
         row.failed === 0 ? "0" : `${row.failed} (${row.firstFailure})`,
         row.isolates === 1
           ? ""
