@@ -20,8 +20,9 @@
 // finds the id. A thread's ids go with its generation (deletion, expiry,
 // clear).
 //
-// Retries: a commit that conflicts is planned again, at most `maxAttempts`
-// times; one that fails on contention or a lost connection is retried until
+// Retries: a commit that conflicts is planned again at once (another writer
+// succeeded), at most `maxAttempts` times; one that fails on contention or a
+// lost connection is retried after a short pause (RetryPacer) until
 // `retryTimeoutMs`. Where a commit's answer may be lost (`idempotentRetries`:
 // KV Connect, Deno Deploy), every commit of this backend also checks and
 // rewrites its producer record (`[p, "producer", producerId]` = the
@@ -53,7 +54,7 @@ import {
   type KvSweeper,
   retireGeneration,
 } from "./_kv_sweep.ts";
-import { isTransient, jitteredDelay, KV_LIMITS, newId } from "./_kv_util.ts";
+import { isTransient, KV_LIMITS, newId, RetryPacer } from "./_kv_util.ts";
 
 /** What a group commit is planned from. */
 interface Snapshot {
@@ -327,8 +328,9 @@ export class KvAppendQueue {
     let readIds = false;
     let conflicts = 0;
     let lastError: unknown;
+    const pacer = new RetryPacer();
     for (let round = 0;; round++) {
-      if (round > 0) await jitteredDelay(round);
+      await pacer.pause();
       let committing: Plan | undefined;
       try {
         const snapshot = await this.#load(
@@ -390,8 +392,10 @@ export class KvAppendQueue {
           return;
         }
         // A conflict; with a remote KV, possibly after a retry inside the
-        // client of an attempt that was applied.
+        // client of an attempt that was applied. Another writer succeeded:
+        // read again and retry at once.
         conflicts++;
+        pacer.conflict();
         if (this.#store.idempotentRetries) uncertain.set(plan.seq, plan);
       } catch (error) {
         if (committing !== undefined && this.#store.idempotentRetries) {
@@ -402,6 +406,7 @@ export class KvAppendQueue {
           await this.#fail(pending, errorMessage(error), error, uncertain);
           return;
         }
+        pacer.failed(error);
       }
       this.#forget(pending.keys());
       if (conflicts >= maxAttempts) {

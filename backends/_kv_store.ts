@@ -1,9 +1,10 @@
 // Owns one tenant's access to the KV (its keys, commit limits, bounded retries, listing, draining); never knows a thread, slot or pair.
 //
 // Retries are of two kinds: a commit that lost a race (`ok: false`) is
-// planned again, at most `maxAttempts` times; a call that failed in a way
-// that may pass (a locked database file, a lost connection to a remote KV:
-// `isTransient`) is made again until `retryTimeoutMs` has passed.
+// planned again at once, at most `maxAttempts` times; a call that failed in a
+// way that may pass (a locked database file, a lost connection to a remote
+// KV: `isTransient`) is made again until `retryTimeoutMs` has passed, after
+// a short pause (RetryPacer: up to 10 ms for a locked file, 50 ms otherwise).
 
 import { BackendError } from "../errors.ts";
 import { errorMessage } from "../_messages.ts";
@@ -13,8 +14,8 @@ import {
   CONFLICT,
   type Conflict,
   isTransient,
-  jitteredDelay,
   newId,
+  RetryPacer,
 } from "./_kv_util.ts";
 
 /** How {@linkcode KvStore.drain} empties one kind of record. */
@@ -93,7 +94,8 @@ export class KvStore {
    */
   async retryWhileLocked<T>(call: () => Promise<T>): Promise<T> {
     let deadline: number | undefined;
-    for (let attempt = 0;; attempt++) {
+    const pacer = new RetryPacer();
+    for (;;) {
       try {
         return await call();
       } catch (error) {
@@ -105,7 +107,8 @@ export class KvStore {
             { cause: error },
           );
         }
-        await jitteredDelay(attempt);
+        pacer.failed(error);
+        await pacer.pause();
       }
     }
   }
@@ -124,12 +127,14 @@ export class KvStore {
   ): Promise<T> {
     let last: unknown;
     let deadline: number | undefined;
-    for (let i = 0, conflicts = 0; conflicts < this.maxAttempts; i++) {
-      if (i > 0) await jitteredDelay(i);
+    const pacer = new RetryPacer();
+    for (let conflicts = 0; conflicts < this.maxAttempts;) {
+      await pacer.pause();
       try {
         const result = await attempt();
         if (result !== CONFLICT) return result as T;
         conflicts++;
+        pacer.conflict();
       } catch (error) {
         deadline ??= Date.now() + this.retryTimeoutMs;
         if (!isTransient(error) || Date.now() >= deadline) {
@@ -142,6 +147,7 @@ export class KvStore {
           });
         }
         last = error;
+        pacer.failed(error);
       }
     }
     throw new BackendError(

@@ -26,7 +26,8 @@
 // on its calls, at most once a second unless a backlog is left, each run
 // bounded (ROUTINE_ENTRIES entries, ROUTINE_SLOTS slots); or anyone through
 // the public `sweep()` (from `Deno.cron`, say). It does not depend on
-// `listenQueue`, which Deno Deploy lacks. `expireIn` is only a backstop on
+// `listenQueue`, which the new Deno Deploy and KV Connect lack (Deploy
+// Classic and local files have it). `expireIn` is only a backstop on
 // registry keys, since Deno KV deletes expired keys late (about a minute on a
 // local file), and slots of a sliding thread can carry no expiry that appends
 // would not have to rewrite.

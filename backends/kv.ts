@@ -101,9 +101,11 @@ export interface KvBackendOptions {
   maxChecksPerAtomic?: number;
   /**
    * Attempts of one commit that conflicts with other writers before it
-   * gives up with a {@linkcode BackendError}. Attempts wait a jittered,
-   * growing delay (at most 50 ms) in between. (A locked database file or a
-   * lost connection is retried until `retryTimeoutMs` of the config.)
+   * gives up with a {@linkcode BackendError}. A conflict means another
+   * writer succeeded, so the next attempt reads again and goes at once. (A
+   * locked database file is retried after a random pause of 0-1 ms,
+   * doubling to at most 10 ms, and a lost connection after at most 50 ms,
+   * until `retryTimeoutMs` of the config.)
    *
    * @default {100}
    */
@@ -210,7 +212,8 @@ export interface KvBackendOptions {
  * key); it sweeps on its calls, at most once a second and at most 200 index
  * entries and 10 000 slots a call (`sweepOnUse`), or when
  * {@linkcode KvBackend.sweep} is called. It does not depend on
- * `listenQueue`, which Deno Deploy lacks. Registry keys also carry
+ * `listenQueue`, which the new Deno Deploy and KV Connect lack (Deploy
+ * Classic and local files have it). Registry keys also carry
  * `expireIn` as a backstop; heads do not, because the live-thread counter
  * must drop exactly when a head goes.
  *
