@@ -33,9 +33,8 @@ export function checkId(name: string, value: unknown): asserts value is string {
   checkBoundedString(name, value, MAX_ID_BYTES);
 }
 
-/** Throws unless `options` are valid `bufferAppend` options (or undefined). */
-export function checkAppendOptions(options: unknown): void {
-  if (options === undefined) return;
+/** Throws unless `options` (given) is an object: what every options bag must be. */
+function checkOptionsObject(options: unknown): asserts options is object {
   if (options === null || typeof options !== "object") {
     throw new TypeError(
       `Invalid options: expected an object or undefined, got ${
@@ -43,6 +42,12 @@ export function checkAppendOptions(options: unknown): void {
       }`,
     );
   }
+}
+
+/** Throws unless `options` are valid `bufferAppend` options (or undefined). */
+export function checkAppendOptions(options: unknown): void {
+  if (options === undefined) return;
+  checkOptionsObject(options);
   const { appendId } = options as { appendId?: unknown };
   if (appendId !== undefined) {
     checkBoundedString("appendId", appendId, MAX_APPEND_ID_BYTES);
@@ -55,13 +60,7 @@ export function checkAppendOptions(options: unknown): void {
  */
 export function refreshTtl(options: unknown, defaultTtlMs: number): number {
   if (options === undefined) return defaultTtlMs;
-  if (options === null || typeof options !== "object") {
-    throw new TypeError(
-      `Invalid options: expected an object or undefined, got ${
-        describe(options)
-      }`,
-    );
-  }
+  checkOptionsObject(options);
   const { ttlMs } = options as { ttlMs?: unknown };
   if (ttlMs === undefined) return defaultTtlMs;
   if (!isNonNegativeInteger(ttlMs) || ttlMs === 0) {
@@ -75,13 +74,7 @@ export function refreshTtl(options: unknown, defaultTtlMs: number): number {
 /** Throws unless `options` are valid `bufferWatch` options (or undefined). */
 export function checkWatchOptions(options: unknown): void {
   if (options === undefined) return;
-  if (options === null || typeof options !== "object") {
-    throw new TypeError(
-      `Invalid options: expected an object or undefined, got ${
-        describe(options)
-      }`,
-    );
-  }
+  checkOptionsObject(options);
   const { fromIndex, signal } = options as {
     fromIndex?: unknown;
     signal?: unknown;

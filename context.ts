@@ -64,15 +64,7 @@ import type {
   WaitForOptions,
 } from "./_context_types.ts";
 
-export type {
-  BackendKind,
-  BackendStats,
-  BufferAppendOptions,
-  BufferWatchOptions,
-  RegistryRefreshOptions,
-  SharedBackend,
-  WatchedSlot,
-} from "./protocol.ts";
+export type * from "./protocol.ts";
 export { payloadTypeName } from "./_context_slots.ts";
 export type {
   AppendOptions,

@@ -43,15 +43,7 @@ import {
 
 // What this entry point's signatures name, so that it documents alone (JSR).
 export type { BackendConfig } from "../config.ts";
-export type {
-  BackendKind,
-  BackendStats,
-  BufferAppendOptions,
-  BufferWatchOptions,
-  RegistryRefreshOptions,
-  SharedBackend,
-  WatchedSlot,
-} from "../protocol.ts";
+export type * from "../protocol.ts";
 
 /**
  * Options of {@linkcode InMemoryBackend}: the config (its connection fields

@@ -61,15 +61,7 @@ import {
   storePrefix,
 } from "./_store.ts";
 
-export type {
-  BackendKind,
-  BackendStats,
-  BufferAppendOptions,
-  BufferWatchOptions,
-  RegistryRefreshOptions,
-  SharedBackend,
-  WatchedSlot,
-} from "../protocol.ts";
+export type * from "../protocol.ts";
 
 /**
  * The exit codes of the inspector.

@@ -50,15 +50,7 @@ import type { Check, Open, TimeControl } from "./_fixtures.ts";
 // The types this module's signatures name, so that its documentation is whole
 // when `./testing` is read alone.
 export type { BackendConfig } from "../config.ts";
-export type {
-  BackendKind,
-  BackendStats,
-  BufferAppendOptions,
-  BufferWatchOptions,
-  RegistryRefreshOptions,
-  SharedBackend,
-  WatchedSlot,
-} from "../protocol.ts";
+export type * from "../protocol.ts";
 
 /**
  * How the suite opens backends of the implementation under test.
