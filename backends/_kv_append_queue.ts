@@ -20,6 +20,12 @@
 // finds the id. A thread's ids go with its generation (deletion, expiry,
 // clear).
 //
+// Forwarded appends: a queue that is its process's committer for the file
+// (_kv_committer.ts) also takes appends other isolates forward to it
+// (`commit()` with an origin), during a term: each commit that holds some
+// checks and rewrites the term record and logs the index each one got, so
+// that their senders can tell what was applied if the answer never comes.
+//
 // Retries: a commit that conflicts is planned again at once (another writer
 // succeeded), at most `maxAttempts` times; one that fails on contention or a
 // lost connection is retried after a short pause (RetryPacer) until
@@ -68,6 +74,8 @@ interface Snapshot {
   applied: Map<string, Map<string, number>> | undefined;
   /** This backend's producer record, when read (after an attempt whose outcome is unknown). */
   producer: Deno.KvEntryMaybe<number> | undefined;
+  /** The committer term's record, when read (after a failed commit of forwarded appends). */
+  term: Deno.KvEntryMaybe<number> | undefined;
 }
 
 /** One append waiting in the queue. */
@@ -78,6 +86,8 @@ interface PendingAppend {
   /** For a large slot: its upload, checked and deleted on publish. */
   upload: Upload | undefined;
   appendId: string | undefined;
+  /** For an append forwarded by another isolate: who sent it (its outcome goes in the commit's log). */
+  origin: Origin | undefined;
   /** Estimated bytes this append adds to a commit (keys and values). */
   bytes: number;
   /** Most bytes of one of the thread's keys. */
@@ -97,8 +107,61 @@ interface Plan {
   overflow: number;
   /** Checks its commit holds. */
   checks: number;
+  /** Whether it commits forwarded appends (and checks the term record). */
+  forwarded: boolean;
   /** Settles its callers once it is known to be applied, as `versionstamp`. */
   settle: (versionstamp: string) => void;
+}
+
+/**
+ * Where a forwarded append comes from: the member of the process's commit
+ * group that sent it, and its sequence number there (see _kv_committer.ts).
+ */
+export interface Origin {
+  from: string;
+  seq: number;
+}
+
+/**
+ * The value of a term record once another member has fenced the term (see
+ * _kv_committer.ts): a commit of the term checks the record's versionstamp,
+ * so none of its commits can land after the fence. Never a sequence number.
+ */
+export const FENCED = -1;
+
+/**
+ * Why a forwarded append was refused without being applied: the queue is in
+ * no committer term (or its term was fenced). Its sender commits it
+ * elsewhere; never seen by a caller of the backend.
+ */
+export class TermEndedError extends Error {
+  constructor() {
+    super("this isolate no longer commits the process's appends");
+    this.name = "TermEndedError";
+  }
+}
+
+/** The log a commit of forwarded appends writes: by member, `[seq, index, seq, index, ...]`. */
+export interface ForwardLog {
+  f: Record<string, number[]>;
+}
+
+/**
+ * This queue's term as its process's committer: forwarded appends are
+ * committed only in a term, and each such commit checks and rewrites the
+ * term record `[p, "producer", id]` and writes the outcomes of its
+ * forwarded appends to `[p, "op", id, seq]` (see _kv_committer.ts).
+ */
+interface Term {
+  id: string;
+  /** The term record's versionstamp as of this term's last commit. */
+  versionstamp: string | null;
+  /** The last sequence number of this term's commits. */
+  seq: number;
+  /** The sequence number of the last commit of the term that was applied. */
+  applied: number;
+  /** Whether another member fenced the term: it commits no forwarded append any more. */
+  fenced: boolean;
 }
 
 /** The limits an append is planned against. */
@@ -124,6 +187,8 @@ export class KvAppendQueue {
   #seq = 0;
   /** The producer record's versionstamp as of this backend's last commit. */
   #producerVersionstamp: string | null = null;
+  /** This queue's term as its process's committer, if it is one. */
+  #term: Term | undefined;
 
   constructor(
     store: KvStore,
@@ -158,37 +223,18 @@ export class KvAppendQueue {
     slot: Uint8Array,
     appendId?: string,
   ): Promise<number> {
-    const keys = this.#store.keys;
-    const keyBytes = keys.threadKeyBytes(threadId);
-    const idKeyBytes = appendId === undefined
-      ? 0
-      : keys.appendIdKeyBytes(threadId, appendId);
-    // An append id: its key twice (the set's key counts twice) and a number.
-    const idBytes = idKeyBytes === 0 ? 0 : 2 * idKeyBytes + 16;
     if (slot.byteLength <= CHUNK_BYTES) {
-      return await this.#submit({
-        threadId,
-        // Copied now, before the first await: the caller may reuse its
-        // buffer as soon as this call returns (a Buffer's slice() is a view).
-        value: copyBytes(slot),
-        upload: undefined,
-        appendId,
-        bytes: keyBytes + slot.byteLength + 16 + idBytes,
-        keyBytes,
-        idKeyBytes,
-      });
+      const { promise, resolve, reject } = Promise.withResolvers<number>();
+      // Copied now, before the first await: the caller may reuse its
+      // buffer as soon as this call returns (a Buffer's slice() is a view).
+      this.commit(threadId, copyBytes(slot), appendId, resolve, reject);
+      return await promise;
     }
     const upload = await this.#blobs.upload(threadId, copyBytes(slot));
     try {
-      return await this.#submit({
-        threadId,
-        value: upload.ref,
-        upload,
-        appendId,
-        bytes: 3 * keyBytes + 128 + idBytes,
-        keyBytes,
-        idKeyBytes,
-      });
+      const { promise, resolve, reject } = Promise.withResolvers<number>();
+      this.commit(threadId, upload, appendId, resolve, reject);
+      return await promise;
     } catch (error) {
       // Not published: reclaim the chunks now (the sweep would, later).
       await this.#blobs.discard(threadId, upload).catch(() => {});
@@ -196,19 +242,84 @@ export class KvAppendQueue {
     }
   }
 
+  /**
+   * Queues one append of a slot already private to the queue (a copy) or
+   * already uploaded (the caller discards the upload if it fails), and
+   * settles it through `resolve` or `reject`, exactly once. With `origin`, a
+   * forwarded append (see _kv_committer.ts): committed only in a term, its
+   * outcome written to the term's log in the same commit; outside a term it
+   * is rejected at once with a {@linkcode TermEndedError} (not applied).
+   */
+  commit(
+    threadId: string,
+    value: Uint8Array | Upload,
+    appendId: string | undefined,
+    resolve: (index: number) => void,
+    reject: (error: unknown) => void,
+    origin?: Origin,
+  ): void {
+    if (
+      origin !== undefined && (this.#term === undefined || this.#term.fenced)
+    ) {
+      reject(new TermEndedError());
+      return;
+    }
+    const keys = this.#store.keys;
+    const keyBytes = keys.threadKeyBytes(threadId);
+    const idKeyBytes = appendId === undefined
+      ? 0
+      : keys.appendIdKeyBytes(threadId, appendId);
+    // An append id: its key twice (the set's key counts twice) and a number;
+    // a forwarded append: its sequence number and index in the log.
+    const extra = (idKeyBytes === 0 ? 0 : 2 * idKeyBytes + 16) +
+      (origin === undefined ? 0 : 24);
+    const small = value instanceof Uint8Array;
+    this.#queue.push({
+      threadId,
+      value: small ? value : value.ref,
+      upload: small ? undefined : value,
+      appendId,
+      origin,
+      bytes: small
+        ? keyBytes + value.byteLength + 16 + extra
+        : 3 * keyBytes + 128 + extra,
+      keyBytes,
+      idKeyBytes,
+      resolve,
+      reject,
+    });
+    this.#kick();
+  }
+
+  /**
+   * Starts a term of this queue as its process's committer (see
+   * _kv_committer.ts), under a fresh id: from now on forwarded appends are
+   * accepted, and committed with the term's record and log.
+   */
+  startTerm(id: string): void {
+    this.#term = { id, versionstamp: null, seq: 0, applied: 0, fenced: false };
+  }
+
+  /**
+   * Ends the term: forwarded appends are refused from now on. The caller
+   * first waits until every forwarded append it queued has settled.
+   */
+  endTerm(): void {
+    this.#term = undefined;
+  }
+
+  /**
+   * The sequence number of the term's last applied commit (0 before the
+   * first): every later commit of the term logs under a greater one.
+   */
+  get termApplied(): number {
+    return this.#term?.applied ?? 0;
+  }
+
   /** Resolves when the commit in flight, if any, has settled its callers. */
   async idle(): Promise<void> {
     await this.#flushing;
     while (this.#discards.size > 0) await Promise.all(this.#discards);
-  }
-
-  #submit(
-    item: Omit<PendingAppend, "resolve" | "reject">,
-  ): Promise<number> {
-    const { promise, resolve, reject } = Promise.withResolvers<number>();
-    this.#queue.push({ ...item, resolve, reject });
-    this.#kick();
-    return promise;
   }
 
   #kick(): void {
@@ -242,13 +353,15 @@ export class KvAppendQueue {
    * commits, not three.
    */
   #takeBatch(): PendingAppend[] {
-    // Reserve one check and a few mutations for the thread counter, and
-    // one of each for the producer record.
+    // Reserve one check and a few mutations for the thread counter, one of
+    // each for the producer record, and in a term one check and two
+    // mutations for the term record and log.
     const producer = this.#store.idempotentRetries ? 1 : 0;
-    let checks = 1 + producer;
-    let mutations = 1 + producer;
-    let bytes = 256 + 128 * producer;
-    let setKeys = 64 + 64 * producer;
+    const term = this.#term === undefined ? 0 : 1;
+    let checks = 1 + producer + term;
+    let mutations = 1 + producer + 2 * term;
+    let bytes = 256 + 128 * producer + 512 * term;
+    let setKeys = 64 + 64 * producer + 128 * term;
     const threads = new Set<string>();
     /** Threads whose next append waits: their later ones wait too. */
     const waiting = new Set<string>();
@@ -326,6 +439,8 @@ export class KvAppendQueue {
     let sweptForLimit = false;
     /** Whether to read the batch's append ids first: after a failed attempt. */
     let readIds = false;
+    /** Whether to read the term record: after a conflict of forwarded appends. */
+    let readTerm = false;
     let conflicts = 0;
     let lastError: unknown;
     const pacer = new RetryPacer();
@@ -333,11 +448,27 @@ export class KvAppendQueue {
       await pacer.pause();
       let committing: Plan | undefined;
       try {
+        pending = this.#refuseOutsideTerm(pending);
+        if (pending.size === 0) return;
         const snapshot = await this.#load(
           pending,
           uncertain.size > 0,
           readIds,
+          readTerm,
         );
+        if (snapshot.term !== undefined) {
+          readTerm = false;
+          const term = this.#term!;
+          if (snapshot.term.value === FENCED) {
+            // Another member took over this term's appends (see
+            // _kv_committer.ts); none of them can be committed here.
+            term.fenced = true;
+            round--;
+            continue;
+          }
+          // Unchanged, or expired after an idle spell: this term's own.
+          term.versionstamp = snapshot.term.versionstamp;
+        }
         if (snapshot.producer !== undefined) {
           const applied = uncertain.get(snapshot.producer.value ?? -1);
           if (applied !== undefined) {
@@ -396,6 +527,7 @@ export class KvAppendQueue {
         // read again and retry at once.
         conflicts++;
         pacer.conflict();
+        readTerm ||= plan.forwarded;
         if (this.#store.idempotentRetries) uncertain.set(plan.seq, plan);
       } catch (error) {
         if (committing !== undefined && this.#store.idempotentRetries) {
@@ -430,6 +562,31 @@ export class KvAppendQueue {
         return;
       }
     }
+  }
+
+  /**
+   * `pending` without its forwarded appends when this queue is in no term
+   * or its term was fenced: those are rejected (not applied) with a
+   * {@linkcode TermEndedError}, for their sender to commit elsewhere.
+   */
+  #refuseOutsideTerm(
+    pending: Map<string, PendingAppend[]>,
+  ): Map<string, PendingAppend[]> {
+    if (this.#term !== undefined && !this.#term.fenced) return pending;
+    let refused = false;
+    for (const items of pending.values()) {
+      for (const item of items) {
+        if (item.origin !== undefined) {
+          item.reject(new TermEndedError());
+          refused = true;
+        }
+      }
+    }
+    if (!refused) return pending;
+    return Map.groupBy(
+      [...pending.values()].flat().filter((item) => item.origin === undefined),
+      (item) => item.threadId,
+    );
   }
 
   /**
@@ -507,6 +664,7 @@ export class KvAppendQueue {
     pending: Map<string, PendingAppend[]>,
     readProducer: boolean,
     readIds: boolean,
+    readTerm: boolean,
   ): Promise<Snapshot> {
     const { keys } = this.#store;
     const heads = new Map<string, CachedHead>();
@@ -522,6 +680,9 @@ export class KvAppendQueue {
     const producerAt = readProducer
       ? toRead.push(keys.producer(this.#store.producerId))
       : 0;
+    const termAt = readTerm && this.#term !== undefined
+      ? toRead.push(keys.producer(this.#term.id))
+      : 0;
     const entries = await this.#getMany(toRead);
     this.#heads.makeRoom(missing.length);
     missing.forEach((id, i) => this.#remember(heads, id, entries[i]!));
@@ -536,7 +697,12 @@ export class KvAppendQueue {
     const producer = producerAt > 0
       ? entries[producerAt - 1] as Deno.KvEntryMaybe<number>
       : undefined;
-    if (!readIds) return { heads, count: count!, applied: undefined, producer };
+    const term = termAt > 0
+      ? entries[termAt - 1] as Deno.KvEntryMaybe<number>
+      : undefined;
+    if (!readIds) {
+      return { heads, count: count!, applied: undefined, producer, term };
+    }
     const applied = new Map<string, Map<string, number>>();
     await Promise.all(
       [...pending].map(async ([threadId, items]) => {
@@ -549,7 +715,7 @@ export class KvAppendQueue {
         if (found !== undefined) applied.set(threadId, found);
       }),
     );
-    return { heads, count: count!, applied, producer };
+    return { heads, count: count!, applied, producer, term };
   }
 
   /**
@@ -634,8 +800,9 @@ export class KvAppendQueue {
    * Plans one group commit from a snapshot: which callers get which index,
    * which get the index of their append id, which get a limit error, and the
    * atomic operation that makes it so (it checks every head it relies on,
-   * the counter when threads are created or refused, and the producer
-   * record when `idempotentRetries`).
+   * the counter when threads are created or refused, the producer record
+   * when `idempotentRetries`, and with forwarded appends the term record,
+   * and writes their outcomes to the term's log).
    */
   #plan(
     pending: Map<string, PendingAppend[]>,
@@ -749,9 +916,15 @@ export class KvAppendQueue {
       op.check({ key: keys.threadCount(), versionstamp: count.versionstamp });
       if (created > 0) op.set(keys.threadCount(), count.value + created);
     }
+    const term = this.#logForwarded(op, pending, outcomes);
+    if (term !== undefined) checks++;
     const settle = (versionstamp: string) => {
       if (this.#store.idempotentRetries) {
         this.#producerVersionstamp = versionstamp;
+      }
+      if (term !== undefined) {
+        term.term.versionstamp = versionstamp;
+        term.term.applied = term.seq;
       }
       for (const [threadId, head, before, created, recorded] of newHeads) {
         const ids = this.#heads.learnIds(before.ids, created, recorded);
@@ -771,7 +944,55 @@ export class KvAppendQueue {
       }
       for (const item of unneeded) this.#discard(item.threadId, item.upload!);
     };
-    return { op, seq, overflow, checks, settle };
+    return {
+      op,
+      seq,
+      overflow,
+      checks,
+      forwarded: term !== undefined,
+      settle,
+    };
+  }
+
+  /**
+   * For a plan with forwarded appends: checks and rewrites the term record
+   * (so that no commit of the term lands once another member has fenced
+   * it), and writes the indexes they get to the term's log under the
+   * commit's sequence number, for their senders to find if the answer
+   * never reaches them. Returns the term and that number, or `undefined`
+   * (no forwarded append: nothing added).
+   */
+  #logForwarded(
+    op: Deno.AtomicOperation,
+    pending: Map<string, PendingAppend[]>,
+    outcomes: [PendingAppend, number | Error][],
+  ): { term: Term; seq: number } | undefined {
+    const term = this.#term;
+    if (term === undefined) return undefined; // #refuseOutsideTerm took them
+    let forwarded = false;
+    for (const items of pending.values()) {
+      if (items.some((item) => item.origin !== undefined)) {
+        forwarded = true;
+        break;
+      }
+    }
+    if (!forwarded) return undefined;
+    const { keys } = this.#store;
+    const expireIn = this.#store.recordExpireIn;
+    const seq = ++term.seq;
+    const record = keys.producer(term.id);
+    op.check({ key: record, versionstamp: term.versionstamp });
+    op.set(record, seq, { expireIn });
+    const log: ForwardLog = { f: {} };
+    let logged = false;
+    for (const [item, outcome] of outcomes) {
+      if (item.origin !== undefined && typeof outcome === "number") {
+        (log.f[item.origin.from] ??= []).push(item.origin.seq, outcome);
+        logged = true;
+      }
+    }
+    if (logged) op.set(keys.op(term.id, seq), log, { expireIn });
+    return { term, seq };
   }
 
   /** Reclaims an upload that will never be published, beside the queue (idle() waits for it). */

@@ -15,7 +15,11 @@
 // | [p, "upload", threadId, uploadId]          | UploadRecord: an unpublished large slot  |
 // | [p, "meta", "threads"]                     | number: heads that exist (live or not)   |
 // | [p, "producer", producerId]                | number: a backend's last commit (retries)|
+// | [p, "producer", term]                      | number: a committer term's last commit,  |
+// |                                            | or -1 once fenced (_kv_committer.ts)     |
 // | [p, "op", producerId, seq]                 | true: a registry write that was applied  |
+// | [p, "op", term, seq]                       | ForwardLog: the forwarded appends that a |
+// |                                            | committer term's commit applied          |
 // | [p, "exp", second, "t", threadId, gen]     | number (length) or null: see below       |
 // | [p, "exp", second, "r", chain]             | null: a registry pair may expire then    |
 // | [p, "chain", chain]                        | RegistryRecord                           |

@@ -49,6 +49,7 @@ import {
 import { watchThread } from "../_watch.ts";
 import { KvAppendQueue } from "./_kv_append_queue.ts";
 import { KvBlobStore } from "./_kv_blobs.ts";
+import { KvCommitter } from "./_kv_committer.ts";
 import { HeadCache } from "./_kv_heads.ts";
 import { checkKvPrefix, KvKeys } from "./_kv_keys.ts";
 import { KvReader, SharedRanges } from "./_kv_reads.ts";
@@ -160,6 +161,22 @@ export interface KvBackendOptions {
    * @default {"strong"}
    */
   consistency?: "strong" | "eventual";
+  /**
+   * Whether the isolates of this process that open the same KV file with
+   * the same prefix and limits (Workers, the isolates of
+   * `deno serve --parallel`) commit their appends through one of them: they
+   * elect it with a Web Lock (`navigator.locks`) and forward their appends
+   * to it over a `BroadcastChannel`, so that one group commit carries the
+   * appends of all and nothing fails for contention. Forwarded appends stay
+   * exactly once when the committer closes or dies (its Worker terminated):
+   * another takes over. Only on a file opened by `kvPath` (not
+   * `":memory:"`, KV Connect, the default KV or an injected `kv`); an
+   * isolate alone commits on its own and holds no lock. See "Several
+   * isolates on one KV file" in docs/deploy.md.
+   *
+   * @default {true}
+   */
+  processCommitter?: boolean;
 }
 
 /**
@@ -193,7 +210,10 @@ export interface KvBackendOptions {
  * many, so throughput under concurrency rises far above one commit per slot.
  * Heads are cached between commits: a lone writer commits without reading.
  * Each caller still gets its own index, or its own error: a thread that is
- * full or cannot be created rejects its own callers only.
+ * full or cannot be created rejects its own callers only. The isolates of a
+ * process on one file (Workers, `deno serve --parallel`) elect one of them
+ * to commit the appends of all (`processCommitter`), so that one commit
+ * carries them together and no isolate's commit fails for another's.
  *
  * **Large slots.** A slot over 60 KiB is written first as chunks under an
  * upload record, then published by a tiny reference in the group commit, so
@@ -268,6 +288,8 @@ export class KvBackend implements SharedBackend {
   readonly #maxSlotBytes: number;
   readonly #retryTimeoutMs: number;
   readonly #appends: KvAppendQueue;
+  /** This isolate's member of its process's commit group, if it has joined one. */
+  readonly #committer: KvCommitter | undefined;
   readonly #reader: KvReader;
   readonly #registry: KvRegistry;
   readonly #sweeper: KvSweeper;
@@ -330,6 +352,14 @@ export class KvBackend implements SharedBackend {
       maxSlotsPerThread: config.maxSlotsPerThread,
       maxThreads: config.maxThreads,
     });
+    this.#committer = config.kv === undefined && path !== undefined &&
+        local && path !== ":memory:" && (options.processCommitter ?? true)
+      ? KvCommitter.join(commitGroup(path, config, store), {
+        store,
+        blobs,
+        queue: this.#appends,
+      })
+      : undefined;
   }
 
   /**
@@ -417,7 +447,10 @@ export class KvBackend implements SharedBackend {
       // The sweep runs beside the append (close() waits for it): queued
       // appends keep their call order.
       this.#sweeper.maintain();
-      return await this.#appends.append(threadId, slot, options?.appendId);
+      const appendId = options?.appendId;
+      return await (this.#committer === undefined
+        ? this.#appends.append(threadId, slot, appendId)
+        : this.#committer.append(threadId, slot, appendId));
     });
   }
 
@@ -785,6 +818,8 @@ export class KvBackend implements SharedBackend {
     while (this.#active.size > 0) {
       await Promise.allSettled([...this.#active]);
     }
+    // A committer first answers what other isolates forwarded to it.
+    await this.#committer?.close();
     await this.#appends.idle();
     await this.#sweeper.close();
     await this.#watches.close();
@@ -807,6 +842,31 @@ export class KvBackend implements SharedBackend {
     promise.then(forget, forget);
     return promise;
   }
+}
+
+/**
+ * The name of the commit group of a backend (see _kv_committer.ts): the
+ * isolates of a process share a committer only if it commits their appends
+ * exactly as each would (same file, prefix, limits and retries).
+ */
+function commitGroup(
+  path: string,
+  config: ResolvedConfig,
+  store: KvStore,
+): string {
+  return `@xml-pipeline/shared-backend kv committer 1 ${
+    JSON.stringify([
+      path,
+      config.prefix,
+      config.ttlMs,
+      config.maxSlotsPerThread,
+      config.maxThreads,
+      config.retryTimeoutMs,
+      store.maxAttempts,
+      store.maxChecks,
+      store.idempotentRetries,
+    ])
+  }`;
 }
 
 /** Whether `path` is a local file (or `":memory:"`), where a commit's outcome is always known. */
@@ -918,7 +978,9 @@ function checkOptions(options: KvBackendOptions): void {
       }`,
     );
   }
-  for (const name of ["watchPolling", "sweepOnUse"] as const) {
+  for (
+    const name of ["watchPolling", "sweepOnUse", "processCommitter"] as const
+  ) {
     const value = options[name];
     if (value !== undefined && typeof value !== "boolean") {
       throw new TypeError(
