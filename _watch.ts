@@ -4,6 +4,7 @@
 // It never learns how a backend is notified (that is the source's job) and
 // never writes to a store.
 
+import { copyBytes } from "./_bytes.ts";
 import { BackendClosedError, BackendError } from "./errors.ts";
 import type { BufferWatchOptions, WatchedSlot } from "./protocol.ts";
 import { checkId, checkWatchOptions } from "./_validate.ts";
@@ -13,20 +14,35 @@ import { errorMessage } from "./_messages.ts";
 export type WatchEvent = "changed" | "gone";
 
 /**
+ * New slots a source may hand over with a "changed" wake-up when it has
+ * them at hand (a notification that carries them): `slots[k]` is the slot
+ * at index `from + k`, and the thread is now `length` slots long (those
+ * past the slots handed over are read). The engine takes copies of the ones
+ * that follow on from what it has yielded, and reads instead on a gap: a
+ * source may hand views of a buffer it does not change afterwards.
+ */
+export interface WatchDelivery {
+  readonly from: number;
+  readonly slots: readonly Uint8Array[];
+  readonly length: number;
+}
+
+/**
  * How a backend tells its watches that a thread changed. One source serves
  * every watch of a backend (one subscriber connection, one poller).
  */
 export interface WatchSource {
   /**
    * Starts watching `threadId`: `wake` is called when the thread may have
-   * changed ("changed": spurious calls are harmless, the engine re-reads)
-   * or is gone ("gone": deleted, expired, or started anew). Resolves, with
+   * changed ("changed": spurious calls are harmless, the engine re-reads;
+   * with the new slots when the source has them) or is gone ("gone":
+   * deleted, expired, or started anew). Resolves, with
    * the function that stops watching, once watching is in force, so that
    * nothing appended after it resolves can go unnoticed.
    */
   subscribe(
     threadId: string,
-    wake: (event: WatchEvent) => void,
+    wake: (event: WatchEvent, delivery?: WatchDelivery) => void,
   ): Promise<() => void>;
 }
 
@@ -79,6 +95,8 @@ class ThreadWatch implements AsyncIterableIterator<WatchedSlot> {
   #ready: WatchedSlot[] = [];
   /** The index of the next slot to read. */
   #next = 0;
+  /** `#next` is set (the first index is known). */
+  #positioned = false;
   #started = false;
   #done = false;
   /** A wake-up arrived since the last read: read again before waiting. */
@@ -191,9 +209,11 @@ class ThreadWatch implements AsyncIterableIterator<WatchedSlot> {
     try {
       const unsubscribe = await this.#host.watchSource.subscribe(
         this.#threadId,
-        (event) => {
+        (event, delivery) => {
           if (event === "gone") this.#gone = true;
-          this.#dirty = true;
+          if (delivery === undefined || !this.#take(delivery)) {
+            this.#dirty = true;
+          }
           this.#wakeUp?.();
         },
       );
@@ -205,6 +225,7 @@ class ThreadWatch implements AsyncIterableIterator<WatchedSlot> {
       // Subscribed first: a slot appended from here on wakes this watch.
       this.#next = this.#options?.fromIndex ??
         await this.#host.bufferThreadLen(this.#threadId);
+      this.#positioned = true;
     } catch (error) {
       this.#finish();
       if (error instanceof BackendClosedError) return;
@@ -213,17 +234,35 @@ class ThreadWatch implements AsyncIterableIterator<WatchedSlot> {
   }
 
   async #read(): Promise<void> {
+    const start = this.#next;
     const slots = await this.#host.bufferGetRange(
       this.#threadId,
-      this.#next,
-      this.#next + READ_BATCH,
+      start,
+      start + READ_BATCH,
     );
     if (this.#done) return;
-    for (const slot of slots) {
-      this.#ready.push({ index: this.#next++, slot });
+    // Slots handed over meanwhile (see #take) are yielded already.
+    for (let k = this.#next - start; k < slots.length; k++) {
+      this.#ready.push({ index: this.#next++, slot: slots[k]! });
     }
     // A full batch: there may be more, read again before waiting.
     if (slots.length === READ_BATCH) this.#dirty = true;
+  }
+
+  /**
+   * Takes the slots of a delivery that follow on from `#next` (copies);
+   * true if nothing is left to read. A gap, a watch still starting, or
+   * READ_BATCH slots not yet yielded (the memory bound) leave it to a read.
+   */
+  #take({ from, slots, length }: WatchDelivery): boolean {
+    if (!this.#positioned || this.#done || this.#next < from) return false;
+    const end = from + slots.length;
+    if (this.#next < end && this.#ready.length >= READ_BATCH) return false;
+    for (let index = this.#next; index < end; index++) {
+      this.#ready.push({ index, slot: copyBytes(slots[index - from]!) });
+    }
+    if (end > this.#next) this.#next = end;
+    return this.#next >= length;
   }
 
   /** Waits for a wake-up, the end, or `ms` (when given). */
@@ -260,7 +299,10 @@ class ThreadWatch implements AsyncIterableIterator<WatchedSlot> {
  * keeps to tell the right watches that a thread changed.
  */
 export class WatchListeners {
-  #byThread = new Map<string, Set<(event: WatchEvent) => void>>();
+  #byThread = new Map<
+    string,
+    Set<(event: WatchEvent, delivery?: WatchDelivery) => void>
+  >();
 
   /** Watched threads. */
   get size(): number {
@@ -278,7 +320,10 @@ export class WatchListeners {
   }
 
   /** Adds a watch of `threadId`; returns the function that removes it. */
-  add(threadId: string, wake: (event: WatchEvent) => void): () => void {
+  add(
+    threadId: string,
+    wake: (event: WatchEvent, delivery?: WatchDelivery) => void,
+  ): () => void {
     let set = this.#byThread.get(threadId);
     if (set === undefined) this.#byThread.set(threadId, set = new Set());
     set.add(wake);
@@ -290,11 +335,15 @@ export class WatchListeners {
     };
   }
 
-  /** Wakes every watch of `threadId`. */
-  notify(threadId: string, event: WatchEvent): void {
+  /** Wakes every watch of `threadId` (with the new slots, if given). */
+  notify(
+    threadId: string,
+    event: WatchEvent,
+    delivery?: WatchDelivery,
+  ): void {
     const set = this.#byThread.get(threadId);
     if (set === undefined) return;
-    for (const wake of [...set]) wake(event);
+    for (const wake of [...set]) wake(event, delivery);
   }
 
   /** Wakes every watch of every thread. */
