@@ -189,6 +189,8 @@ export class KvAppendQueue {
   #producerVersionstamp: string | null = null;
   /** This queue's term as its process's committer, if it is one. */
   #term: Term | undefined;
+  /** Called before each batch is taken (see beforeEachBatch). */
+  #beforeBatch: (() => void) | undefined;
 
   constructor(
     store: KvStore,
@@ -306,6 +308,15 @@ export class KvAppendQueue {
    */
   endTerm(): void {
     this.#term = undefined;
+    this.#beforeBatch = undefined;
+  }
+
+  /**
+   * Has `drain` called right before each batch is taken, during the term
+   * (it queues what other isolates forwarded meanwhile); `undefined` stops.
+   */
+  beforeEachBatch(drain: (() => void) | undefined): void {
+    this.#beforeBatch = drain;
   }
 
   /**
@@ -333,7 +344,10 @@ export class KvAppendQueue {
   async #flushLoop(): Promise<void> {
     // Let the callers of this same tick queue up first.
     await Promise.resolve();
-    while (this.#queue.length > 0) {
+    for (;;) {
+      // A committer's forwarded appends join the queue right before a batch.
+      this.#beforeBatch?.();
+      if (this.#queue.length === 0) return;
       const batch = this.#takeBatch();
       try {
         await this.#commitBatch(batch);

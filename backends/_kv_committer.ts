@@ -1,4 +1,4 @@
-// Owns one committer per process for a KV file: the isolates of a process that open the same file, prefix and limits elect one of them (a Web Lock) to commit the appends of all, forwarded over BroadcastChannels, and the recovery that keeps every forwarded append exactly once when the committer changes; never plans or commits an append itself (the append queue does).
+// Owns one committer per process for a KV file: the isolates of a process that open the same file, prefix and limits elect one of them (a Web Lock) to commit the appends of all, forwarded through shared memory, and the recovery that keeps every forwarded append exactly once when the committer changes; never plans or commits an append itself (the append queue does).
 //
 // Why: a SQLite file takes one commit at a time, and a commit that checks
 // loses to any other connection's commit ("database is locked"); each
@@ -16,15 +16,21 @@
 //   holds; it forwards its appends to the holder's term;
 // - leading: it holds the lock, under a fresh term id; its append queue
 //   commits its own appends and those forwarded to the term, together.
-// A member posts "hello" when it opens. A solo member that hears "hello"
-// requests the lock, as does one that hears a leader announce its term. The
-// holder announces its term when granted the lock and when it hears
-// "hello". It gives the lock up (resigns) when nobody waits for it (checked
-// every second, with an unref'd timer) and when its backend closes: it
-// answers what it took, refuses ("moved") what comes after, and releases
-// the lock. When its isolate dies (a terminated Worker), Deno releases it.
+// A member posts "hello" on the group's BroadcastChannel when it opens. A
+// solo member that hears "hello" requests the lock, as does one that hears a
+// leader announce its term. The holder announces its term (with its
+// doorbell) when granted the lock and when it hears "hello"; a waiting member
+// then joins the term with a pair link of its own (_kv_pair.ts: shared memory
+// for its appends and their answers), which the leader drains right before
+// each batch, or when the member rings its doorbell while it has nothing to
+// commit. The holder gives the lock up (resigns) when nobody waits for it
+// (checked every second, with an unref'd timer) and when its backend closes:
+// it commits and answers what it took, and leaves the rest in the links.
+// When its isolate dies (a terminated Worker), Deno releases the lock.
 // Either way the first member waiting is granted the lock and leads a new
-// term.
+// term. BroadcastChannels are unref'd and Atomics.waitAsync keeps nothing
+// alive: only a held or requested lock does, and only while there is another
+// member.
 //
 // Exactly once. A forwarded append carries its member id and a sequence
 // number (and its append id, if any). The leader commits it with a check of
@@ -39,14 +45,6 @@
 // gets its index, the others were not applied and are sent again (or
 // committed, by a leader), before anything appended since. The log records
 // expire after retryTimeoutMs + 60 s, as op records do.
-//
-// Messages (structured clones). On the group's channel: hello {from};
-// leader {term, log}; done {term, log, ok: {member: [seq, index, ...]},
-// err: {member: [seq, error][]}}, one per group commit for every member it
-// answers. On the term's own channel, so that only the leader deserializes
-// slots: append {from, items: [seq, threadId, slot or upload, appendId][]}.
-// A member keeps one append message unanswered at a time; what its callers
-// append meanwhile goes in the next, as the queue does with commits.
 
 import { BroadcastChannel } from "node:worker_threads";
 import { copyBytes } from "../_bytes.ts";
@@ -60,11 +58,15 @@ import {
 } from "./_kv_append_queue.ts";
 import type { KvBlobStore, Upload } from "./_kv_blobs.ts";
 import { CHUNK_BYTES } from "./_kv_keys.ts";
+import {
+  type Answer,
+  Doorbell,
+  type ForwardedAppend,
+  PairLink,
+} from "./_kv_pair.ts";
 import type { KvStore } from "./_kv_store.ts";
 import { newId } from "./_kv_util.ts";
 
-/** Append messages a member keeps unanswered at once. */
-const MESSAGES_IN_FLIGHT = 1;
 /** How often a leader checks whether any member still waits for its lock. */
 const ALONE_CHECK_MS = 1_000;
 /** How long a member with unanswered forwards waits before asking who leads. */
@@ -88,30 +90,11 @@ interface Channel {
   unref(): void;
 }
 
-/** A forwarded append's error, as it crosses to its sender. */
-type WireError =
-  | { kind: "moved" }
-  | { kind: "slots" | "threads"; threadId: string; limit: number }
-  | { kind: "backend"; message: string };
-
-type Message =
+/** What the group's channel carries (rarely: on joining and leading). */
+type GroupMessage =
   | { k: "hello"; from: string }
-  | { k: "leader"; term: string; log: number }
-  | {
-    k: "done";
-    term: string;
-    log: number;
-    ok: Record<string, number[]>;
-    err: Record<string, [number, WireError][]>;
-  };
-
-/** One forwarded append: [seq, threadId, slot or upload, appendId or null]. */
-type WireAppend = [number, string, Uint8Array | Upload, string | null];
-
-interface AppendMessage {
-  from: string;
-  items: WireAppend[];
-}
+  | { k: "leader"; term: string; log: number; bell: SharedArrayBuffer }
+  | { k: "join"; term: string; from: string; link: SharedArrayBuffer };
 
 /** An append of this member that another member's term commits, until answered. */
 interface Forward {
@@ -125,15 +108,15 @@ interface Forward {
   term: string | undefined;
   /** The last log number of that term seen before it was sent. */
   logFrom: number;
-  /** The message that carried it. */
-  message: number;
 }
 
 /** This member's term while it leads. */
 interface Leading {
   id: string;
-  /** The term's own channel: the append messages forwarded to it. */
-  requests: Channel;
+  /** Rung by members that forward while the leader has nothing to commit. */
+  bell: Doorbell;
+  /** The links of the members that joined the term, by member. */
+  links: Map<string, PairLink>;
   /** Forwarded appends queued and not settled yet. */
   served: number;
   /** Resolved when `served` drops to 0 while resigning. */
@@ -142,10 +125,21 @@ interface Leading {
   /** Resolved to end the term: the lock is released. */
   ended: PromiseWithResolvers<void>;
   aloneCheck: ReturnType<typeof setInterval> | undefined;
-  /** Answers to send, by member. */
-  ok: Record<string, number[]>;
-  err: Record<string, [number, WireError][]>;
+  /** Links with answers queued since the last flush. */
+  answered: Set<PairLink>;
   answering: boolean;
+}
+
+/** While waiting: the announced leader. */
+interface Leader {
+  term: string;
+  /** The last log number of the term seen. */
+  log: number;
+  bell: Doorbell;
+  /** This member's link with the term. */
+  link: PairLink;
+  /** Whether the leader has taken the link (it welcomed this member). */
+  welcomed: boolean;
 }
 
 /** The lock as requested by this member (pending or held). */
@@ -160,14 +154,6 @@ const JOINED = new Set<string>();
 /** The Web Locks API, if this runtime has it. */
 function webLocks(): WebLocks | undefined {
   return (globalThis.navigator as { locks?: WebLocks } | undefined)?.locks;
-}
-
-function openChannel(name: string): Channel {
-  const channel = new BroadcastChannel(name) as unknown as Channel;
-  // Never keeps the process alive: a held or requested lock does, while
-  // there is something to commit or wait for.
-  channel.unref();
-  return channel;
 }
 
 /** What a member needs of its backend. */
@@ -191,36 +177,36 @@ export class KvCommitter {
   readonly #channel: Channel;
   #lock: LockRequest | undefined;
   #term: Leading | undefined;
-  /** While waiting: the announced leader, the last log number seen of it, its channel. */
-  #leader: { term: string; log: number; requests: Channel } | undefined;
+  #leader: Leader | undefined;
   /** Appends to forward (or, once this member commits, to commit), in order. */
   #outbox: Forward[] = [];
   /** Forwards sent and not answered, by sequence number. */
   readonly #sent = new Map<number, Forward>();
-  /** Unanswered forwards per append message. */
-  readonly #messages = new Map<number, number>();
   #seq = 0;
-  #messageSeq = 0;
   #pumping = false;
   /** Recoveries of unanswered forwards: appends wait behind them. */
   #gate: Promise<void> | undefined;
   #stall: ReturnType<typeof setTimeout> | undefined;
+  /** When the leader was last heard from. */
+  #heard = 0;
   /** Appends of this member in its own queue's hands (committed here). */
   #direct = 0;
   #directDone: PromiseWithResolvers<void> | undefined;
-  /** When the leader was last heard from. */
-  #heard = 0;
   #closing = false;
 
   /**
    * Joins this process's commit group `name` (the file, prefix and limits),
    * unless this isolate has a member of it already or the runtime lacks Web
-   * Locks or BroadcastChannel: then `undefined` (commit on your own).
+   * Locks, BroadcastChannel or SharedArrayBuffer: then `undefined` (commit
+   * on your own).
    */
   static join(name: string, parts: CommitterParts): KvCommitter | undefined {
     const locks = webLocks();
     if (
-      locks === undefined || typeof globalThis.BroadcastChannel !== "function"
+      locks === undefined ||
+      typeof globalThis.BroadcastChannel !== "function" ||
+      typeof globalThis.SharedArrayBuffer !== "function" ||
+      typeof Atomics.waitAsync !== "function"
     ) {
       return undefined;
     }
@@ -235,7 +221,9 @@ export class KvCommitter {
     this.#store = parts.store;
     this.#blobs = parts.blobs;
     this.#queue = parts.queue;
-    this.#channel = openChannel(name);
+    this.#channel = new BroadcastChannel(name) as unknown as Channel;
+    // Never keeps the process alive: a held or requested lock does.
+    this.#channel.unref();
     this.#channel.onmessage = (event) => this.#onMessage(event.data);
     this.#post({ k: "hello", from: this.#id });
   }
@@ -276,7 +264,6 @@ export class KvCommitter {
         reject,
         term: undefined,
         logFrom: 0,
-        message: 0,
       });
       this.#schedulePump();
     }
@@ -293,8 +280,8 @@ export class KvCommitter {
 
   /**
    * Leaves the group: a leader resigns (what it took is committed and
-   * answered first), a waiting member withdraws its lock request; the
-   * channels close. The backend's calls have settled before.
+   * answered first), a waiting member withdraws its lock request and leaves
+   * its link. The backend's calls have settled before.
    */
   async close(): Promise<void> {
     this.#closing = true;
@@ -319,8 +306,7 @@ export class KvCommitter {
     }
     this.#outbox = [];
     this.#sent.clear();
-    this.#leader?.requests.close();
-    this.#leader = undefined;
+    this.#leaveLeader();
     this.#channel.close();
     JOINED.delete(this.#name);
   }
@@ -331,11 +317,11 @@ export class KvCommitter {
       (this.#lock === undefined || this.#term !== undefined);
   }
 
-  #post(message: Message): void {
+  #post(message: GroupMessage): void {
     this.#channel.postMessage(message);
   }
 
-  #onMessage(message: Message): void {
+  #onMessage(message: GroupMessage): void {
     if (this.#closing) return;
     switch (message.k) {
       case "hello":
@@ -347,76 +333,107 @@ export class KvCommitter {
         }
         return;
       case "leader":
-        this.#onLeader(message.term, message.log);
+        this.#onLeader(message.term, message.log, message.bell);
         return;
-      case "done":
-        this.#onDone(message);
+      case "join":
+        if (this.#term?.id === message.term && !this.#term.resigning) {
+          this.#welcome(this.#term, message.from, message.link);
+        }
         return;
     }
   }
 
   // ------------------------------------------------------------ forwarding
 
-  #onLeader(term: string, log: number): void {
+  #onLeader(term: string, log: number, bell: SharedArrayBuffer): void {
     if (this.#term !== undefined) return; // this member holds the lock
     this.#heard = performance.now();
     this.#requestLock();
-    if (this.#leader?.term === term) {
-      this.#leader.log = Math.max(this.#leader.log, log);
-    } else {
-      this.#leader?.requests.close();
-      this.#leader = {
-        term,
-        log,
-        requests: openChannel(this.#requestsOf(term)),
-      };
-      // A new term leads: what earlier terms left unanswered never will be.
-      const stale = [...this.#sent.values()].filter((f) => f.term !== term);
-      if (stale.length > 0) this.#recover(stale);
+    const leader = this.#leader;
+    if (leader?.term === term) {
+      leader.log = Math.max(leader.log, log);
+      // Not welcomed yet: the join may have crossed the leader's start.
+      if (!leader.welcomed) this.#join(leader);
+      return;
     }
-    this.#schedulePump();
+    this.#leaveLeader();
+    const joined: Leader = {
+      term,
+      log,
+      bell: new Doorbell(bell),
+      link: new PairLink(),
+      welcomed: false,
+    };
+    this.#leader = joined;
+    this.#join(joined);
+    void this.#listen(joined);
+    // A new term leads: what earlier terms left unanswered never will be.
+    const stale = [...this.#sent.values()].filter((f) => f.term !== term);
+    if (stale.length > 0) this.#recover(stale);
   }
 
-  #onDone(message: Extract<Message, { k: "done" }>): void {
-    const { term } = message;
-    if (this.#leader?.term === term) {
-      this.#leader.log = Math.max(this.#leader.log, message.log);
-      this.#heard = performance.now();
-    }
-    const ok = message.ok[this.#id];
-    if (ok !== undefined) {
-      for (let i = 0; i < ok.length; i += 2) {
-        const forward = this.#sent.get(ok[i]!);
-        if (forward?.term !== term) continue;
-        this.#answered(forward);
-        forward.resolve(ok[i + 1]!);
+  #join(leader: Leader): void {
+    this.#post({
+      k: "join",
+      term: leader.term,
+      from: this.#id,
+      link: leader.link.memory,
+    });
+  }
+
+  /** Leaves the link with the leader (the leader forgets it at its next drain). */
+  #leaveLeader(): void {
+    const leader = this.#leader;
+    if (leader === undefined) return;
+    this.#leader = undefined;
+    leader.link.leaveAsMember();
+  }
+
+  /** Reads the leader's answers as they come, while this member is joined to its term. */
+  async #listen(leader: Leader): Promise<void> {
+    while (this.#leader === leader) {
+      const answers = leader.link.receive();
+      if (answers.length > 0) {
+        this.#heard = performance.now();
+        // It could not write all: it may write more now.
+        if (leader.link.takeBlocked()) leader.bell.ring();
+        this.#onAnswers(leader, answers);
+        continue;
       }
+      if (leader.link.leaderLeft) {
+        // Its term ended; what it did not answer waits for the next one.
+        if (this.#leader === leader) this.#leaveLeader();
+        return;
+      }
+      await leader.link.answered();
     }
+  }
+
+  #onAnswers(leader: Leader, answers: Answer[]): void {
+    const { term } = leader;
     const moved: Forward[] = [];
-    for (const [seq, error] of message.err[this.#id] ?? []) {
-      const forward = this.#sent.get(seq);
+    for (const answer of answers) {
+      if (answer.k === "welcome") {
+        leader.welcomed = true;
+        continue;
+      }
+      if (answer.k === "log") {
+        leader.log = Math.max(leader.log, answer.log);
+        continue;
+      }
+      const forward = this.#sent.get(answer.seq);
       if (forward?.term !== term) continue;
-      this.#answered(forward);
-      if (error.kind === "moved") moved.push(forward);
-      else forward.reject(revive(error, forward.threadId));
+      this.#sent.delete(answer.seq);
+      if (answer.k === "ok") forward.resolve(answer.index);
+      else if (answer.k === "moved") moved.push(forward);
+      else forward.reject(revive(answer, forward.threadId));
     }
     if (moved.length > 0) {
       // That term commits no more: send them to the next one, first.
-      if (this.#leader?.term === term) {
-        this.#leader.requests.close();
-        this.#leader = undefined;
-      }
+      if (this.#leader === leader) this.#leaveLeader();
       this.#requeue(moved);
     }
     this.#schedulePump();
-  }
-
-  /** Forgets a sent forward as unanswered (its message may free a send). */
-  #answered(forward: Forward): void {
-    this.#sent.delete(forward.seq);
-    const left = (this.#messages.get(forward.message) ?? 1) - 1;
-    if (left > 0) this.#messages.set(forward.message, left);
-    else this.#messages.delete(forward.message);
   }
 
   /** Puts forwards that were not applied back at the head of the outbox, in order. */
@@ -431,7 +448,7 @@ export class KvCommitter {
   #schedulePump(): void {
     if (this.#pumping) return;
     this.#pumping = true;
-    // After the callers of this tick have added theirs: one message for all.
+    // After the callers of this tick have added theirs.
     queueMicrotask(() => {
       this.#pumping = false;
       this.#pump();
@@ -460,28 +477,20 @@ export class KvCommitter {
       return;
     }
     const leader = this.#leader;
-    if (leader !== undefined && this.#messages.size < MESSAGES_IN_FLIGHT) {
+    if (leader?.welcomed) {
       const forwards = this.#outbox;
-      this.#outbox = [];
-      const message = ++this.#messageSeq;
-      this.#messages.set(message, forwards.length);
-      const items: WireAppend[] = [];
-      for (const forward of forwards) {
-        forward.term = leader.term;
-        forward.logFrom = leader.log;
-        forward.message = message;
-        this.#sent.set(forward.seq, forward);
-        items.push([
-          forward.seq,
-          forward.threadId,
-          forward.value,
-          forward.appendId ?? null,
-        ]);
+      const sent = leader.link.send(forwards.map(forwarded));
+      if (sent > 0) {
+        if (this.#sent.size === 0) this.#heard = performance.now();
+        for (const forward of forwards.slice(0, sent)) {
+          forward.term = leader.term;
+          forward.logFrom = leader.log;
+          this.#sent.set(forward.seq, forward);
+        }
+        // The rest (the link is full) goes once answers have made room.
+        this.#outbox = forwards.slice(sent);
+        leader.bell.ring();
       }
-      if (this.#sent.size === forwards.length) this.#heard = performance.now();
-      leader.requests.postMessage(
-        { from: this.#id, items } satisfies AppendMessage,
-      );
     }
     this.#armStall();
   }
@@ -513,7 +522,7 @@ export class KvCommitter {
    * outbox ahead of later appends. Appends wait meanwhile (the gate).
    */
   #recover(forwards: Forward[]): void {
-    for (const forward of forwards) this.#answered(forward);
+    for (const forward of forwards) this.#sent.delete(forward.seq);
     this.#hold(async () => {
       const again: Forward[] = [];
       for (
@@ -637,98 +646,135 @@ export class KvCommitter {
   async #lead(): Promise<void> {
     if (this.#closing) return;
     const id = newId();
-    const requests = openChannel(this.#requestsOf(id));
     const term: Leading = {
       id,
-      requests,
+      bell: new Doorbell(),
+      links: new Map(),
       served: 0,
       drained: undefined,
       resigning: false,
       ended: Promise.withResolvers<void>(),
       aloneCheck: undefined,
-      ok: {},
-      err: {},
+      answered: new Set(),
       answering: false,
     };
-    requests.onmessage = (event) => this.#serve(term, event.data);
     this.#term = term;
     this.#queue.startTerm(id);
-    this.#leader?.requests.close();
-    this.#leader = undefined;
+    this.#queue.beforeEachBatch(() => this.#drain(term));
+    this.#leaveLeader();
     // What earlier terms left unanswered: found in their logs, or committed here.
     if (this.#sent.size > 0) this.#recover([...this.#sent.values()]);
     this.#announce(term);
     this.#schedulePump();
     term.aloneCheck = setInterval(() => this.#checkAlone(term), ALONE_CHECK_MS);
     Deno.unrefTimer(term.aloneCheck);
+    void this.#waitForForwards(term);
     await term.ended.promise;
   }
 
   #announce(term: Leading): void {
-    this.#post({ k: "leader", term: term.id, log: this.#queue.termApplied });
+    this.#post({
+      k: "leader",
+      term: term.id,
+      log: this.#queue.termApplied,
+      bell: term.bell.memory,
+    });
   }
 
-  #requestsOf(term: string): string {
-    return `${this.#name} term ${term}`;
+  /** Takes a member's link into the term and welcomes it. */
+  #welcome(term: Leading, member: string, memory: SharedArrayBuffer): void {
+    let link = term.links.get(member);
+    if (link?.memory !== memory) {
+      link = new PairLink(memory);
+      term.links.set(member, link);
+    }
+    link.answer({ k: "welcome" });
+    link.flush();
   }
 
-  #serve(term: Leading, message: AppendMessage): void {
-    if (this.#term !== term) return;
-    const from = message.from;
-    for (const [seq, threadId, value, appendId] of message.items) {
-      if (term.resigning) {
-        this.#answer(term, from, seq, { kind: "moved" });
+  /**
+   * While the queue has nothing to commit, waits for a member to ring, then
+   * drains: the queue drains by itself before each batch while it commits.
+   */
+  async #waitForForwards(term: Leading): Promise<void> {
+    while (this.#term === term && !term.resigning) {
+      await this.#queue.idle();
+      if (this.#term !== term || term.resigning) return;
+      await term.bell.wait(() => {
+        for (const link of term.links.values()) {
+          if (link.appendsReady) return true;
+        }
+        return false;
+      });
+      if (this.#term !== term || term.resigning) return;
+      this.#drain(term);
+    }
+  }
+
+  /** Queues what the members forwarded since the last drain, and writes answers held back. */
+  #drain(term: Leading): void {
+    if (this.#term !== term || term.resigning) return;
+    for (const [member, link] of term.links) {
+      if (link.memberLeft) {
+        term.links.delete(member);
         continue;
       }
-      term.served++;
-      this.#queue.commit(
-        threadId,
-        value,
-        appendId ?? undefined,
-        (index) => {
-          this.#answer(term, from, seq, index);
-          this.#served(term);
-        },
-        (error) => {
-          this.#answer(term, from, seq, wire(error));
-          this.#served(term);
-          if (error instanceof TermEndedError) void this.#resign(true);
-        },
-        { from, seq },
-      );
+      link.flush();
+      for (const item of link.take()) this.#serve(term, link, member, item);
     }
+  }
+
+  #serve(
+    term: Leading,
+    link: PairLink,
+    from: string,
+    item: ForwardedAppend,
+  ): void {
+    const { seq, threadId, appendId, value } = item;
+    term.served++;
+    this.#queue.commit(
+      threadId,
+      value instanceof Uint8Array ? value : {
+        ref: { u: value.u, n: value.n, c: value.c },
+        key: this.#store.keys.upload(threadId, value.u),
+        versionstamp: value.versionstamp,
+      },
+      appendId,
+      (index) => {
+        this.#answer(term, link, { k: "ok", seq, index });
+        this.#served(term);
+      },
+      (error) => {
+        this.#answer(term, link, wire(error, seq));
+        this.#served(term);
+        if (error instanceof TermEndedError) void this.#resign(true);
+      },
+      { from, seq },
+    );
   }
 
   #served(term: Leading): void {
     if (--term.served === 0) term.drained?.resolve();
   }
 
-  #answer(
-    term: Leading,
-    to: string,
-    seq: number,
-    outcome: number | WireError,
-  ): void {
-    if (typeof outcome === "number") (term.ok[to] ??= []).push(seq, outcome);
-    else (term.err[to] ??= []).push([seq, outcome]);
+  #answer(term: Leading, link: PairLink, answer: Answer): void {
+    link.answer(answer);
+    term.answered.add(link);
     if (term.answering) return;
     term.answering = true;
-    // One message for every member the commit answers.
+    // What a commit settles goes out together, with the term's log number.
     queueMicrotask(() => this.#sendAnswers(term));
   }
 
   #sendAnswers(term: Leading): void {
     if (!term.answering) return;
     term.answering = false;
-    this.#post({
-      k: "done",
-      term: term.id,
-      log: this.#queue.termApplied,
-      ok: term.ok,
-      err: term.err,
-    });
-    term.ok = {};
-    term.err = {};
+    const log = this.#queue.termApplied;
+    for (const link of term.answered) {
+      link.answer({ k: "log", log });
+      link.flush();
+    }
+    term.answered.clear();
   }
 
   async #checkAlone(term: Leading): Promise<void> {
@@ -746,8 +792,9 @@ export class KvCommitter {
 
   /**
    * Ends this member's term: what it took is committed and answered, what
-   * comes after is refused ("moved"), then the lock is released. With
-   * `rejoin` (its term was fenced), it requests the lock again.
+   * it did not take stays in the links (their members send it to the next
+   * term), then the lock is released. With `rejoin` (its term was fenced),
+   * it requests the lock again.
    */
   async #resign(rejoin = false): Promise<void> {
     const term = this.#term;
@@ -760,7 +807,9 @@ export class KvCommitter {
     }
     this.#sendAnswers(term);
     this.#queue.endTerm();
-    term.requests.close();
+    for (const link of term.links.values()) link.leaveAsLeader();
+    term.links.clear();
+    term.bell.end();
     this.#term = undefined;
     const lock = this.#lock;
     term.ended.resolve();
@@ -769,30 +818,45 @@ export class KvCommitter {
   }
 }
 
+/** A forwarded append as it crosses to the leader. */
+function forwarded(forward: Forward): ForwardedAppend {
+  const { seq, threadId, appendId, value } = forward;
+  return {
+    seq,
+    threadId,
+    appendId,
+    value: value instanceof Uint8Array ? value : {
+      u: value.ref.u,
+      n: value.ref.n,
+      c: value.ref.c,
+      versionstamp: value.versionstamp,
+    },
+  };
+}
+
 /** A forwarded append's error, for its sender. */
-function wire(error: unknown): WireError {
-  if (error instanceof TermEndedError) return { kind: "moved" };
+function wire(error: unknown, seq: number): Answer {
+  if (error instanceof TermEndedError) return { k: "moved", seq };
   if (error instanceof SlotLimitError) {
-    return { kind: "slots", threadId: error.threadId, limit: error.limit };
+    return { k: "slots", seq, limit: error.limit };
   }
   if (error instanceof ThreadLimitError) {
-    return { kind: "threads", threadId: error.threadId, limit: error.limit };
+    return { k: "threads", seq, limit: error.limit };
   }
-  return { kind: "backend", message: errorMessage(error) };
+  return { k: "backend", seq, message: errorMessage(error) };
 }
 
 /** The error a forwarded append's caller gets, as the committer's queue threw it. */
-function revive(error: WireError, threadId: string): Error {
-  switch (error.kind) {
+function revive(
+  answer: Extract<Answer, { k: "slots" | "threads" | "backend" }>,
+  threadId: string,
+): Error {
+  switch (answer.k) {
     case "slots":
-      return new SlotLimitError(error.threadId, error.limit);
+      return new SlotLimitError(threadId, answer.limit);
     case "threads":
-      return new ThreadLimitError(error.threadId, error.limit);
+      return new ThreadLimitError(threadId, answer.limit);
     case "backend":
-      return new BackendError(error.message);
-    case "moved":
-      return new BackendError(
-        `Cannot append to thread ${JSON.stringify(threadId)}: not applied`,
-      );
+      return new BackendError(answer.message);
   }
 }

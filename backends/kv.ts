@@ -166,8 +166,9 @@ export interface KvBackendOptions {
    * the same prefix and limits (Workers, the isolates of
    * `deno serve --parallel`) commit their appends through one of them: they
    * elect it with a Web Lock (`navigator.locks`) and forward their appends
-   * to it over a `BroadcastChannel`, so that one group commit carries the
-   * appends of all and nothing fails for contention. Forwarded appends stay
+   * to it through shared memory (a `SharedArrayBuffer` each, handed over on
+   * a `BroadcastChannel`), so that one group commit carries the appends of
+   * all and nothing fails for contention. Forwarded appends stay
    * exactly once when the committer closes or dies (its Worker terminated):
    * another takes over. Only on a file opened by `kvPath` (not
    * `":memory:"`, KV Connect, the default KV or an injected `kv`); an

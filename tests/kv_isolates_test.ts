@@ -6,6 +6,11 @@
 
 import assert from "node:assert/strict";
 import { KvBackend } from "../backends/kv.ts";
+import {
+  type Answer,
+  type ForwardedAppend,
+  PairLink,
+} from "../backends/_kv_pair.ts";
 import { tagged } from "./_fixtures/kv_appender.ts";
 import type {
   Ack,
@@ -542,4 +547,66 @@ Deno.test("KvBackend: a process that never closes its backend on a file still ex
     }`,
   );
   assert.equal(text, "101");
+});
+
+Deno.test("KvBackend committer's pair link: appends and answers cross its rings in order, around their ends, and what does not fit is held back", () => {
+  const member = new PairLink();
+  const leader = new PairLink(member.memory);
+  const ids = ["t", "thread-é", "\ud800lone", "x".repeat(1024), "\0\0"];
+  const sent: ForwardedAppend[] = [];
+  const taken: ForwardedAppend[] = [];
+  let seq = 0;
+  let full = 0;
+  for (let round = 0; round < 60; round++) {
+    const batch: ForwardedAppend[] = Array.from({ length: 50 }, () => {
+      const n = seq++;
+      return {
+        seq: n,
+        threadId: ids[n % ids.length]!,
+        appendId: n % 3 === 0 ? `id-${n}` : undefined,
+        value: n % 7 === 0
+          ? { u: `u${n}`, n: 100_000 + n, c: 2, versionstamp: `v${n}` }
+          : new Uint8Array(n % 4000).fill(n & 0xff),
+      };
+    });
+    let left = batch;
+    while (left.length > 0) {
+      const written = member.send(left);
+      sent.push(...left.slice(0, written));
+      left = left.slice(written);
+      if (left.length > 0) full++;
+      // The leader takes now and then: the ring fills up and wraps.
+      if (left.length > 0 || round % 3 === 0) taken.push(...leader.take());
+    }
+  }
+  taken.push(...leader.take());
+  assert.ok(full > 0, "the ring never filled up");
+  assert.equal(taken.length, 3000);
+  assert.deepEqual(taken, sent);
+
+  const answers: Answer[] = [{ k: "welcome" }, { k: "log", log: 7 }];
+  for (let n = 0; n < 6000; n++) {
+    answers.push(
+      n % 100 === 1
+        ? { k: "backend", seq: n, message: `failed \ud800 ${n}` }
+        : n % 100 === 2
+        ? { k: "slots", seq: n, limit: 10 }
+        : n % 100 === 3
+        ? { k: "moved", seq: n }
+        : { k: "ok", seq: n, index: n * 2 },
+    );
+  }
+  for (const answer of answers) leader.answer(answer);
+  assert.equal(leader.flush(), true, "6 000 answers do not fit in 64 KiB");
+  const received = member.receive();
+  assert.equal(member.takeBlocked(), true);
+  assert.equal(member.takeBlocked(), false);
+  while (leader.flush()) received.push(...member.receive());
+  received.push(...member.receive());
+  assert.deepEqual(received, answers);
+  assert.equal(member.leaderLeft, false);
+  leader.leaveAsLeader();
+  assert.equal(member.leaderLeft, true);
+  member.leaveAsMember();
+  assert.equal(leader.memberLeft, true);
 });
