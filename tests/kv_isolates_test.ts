@@ -400,6 +400,43 @@ Deno.test("KvBackend: Workers of one process append through one committer", asyn
   );
 
   await t.step(
+    "TTL through the committer: after a thread of 2 Workers expires, their next appends start it anew at index 0, and a sweep reclaims the old generation",
+    async () => {
+      await using store = await tempStore();
+      const config = { prefix: "ttl:", ttlMs: 600 };
+      const round = async (first: number) => {
+        const writers = await start(
+          [first, first + 1].map((writer) =>
+            job(store.path, writer, { config, count: 50, inflight: 8 })
+          ),
+        );
+        for (const w of writers) w.go();
+        await Promise.all(writers.map((w) => w.done()));
+        for (const w of writers) assert.deepEqual(w.errors, []);
+        return writers;
+      };
+      await round(1);
+      await sleep(1_200);
+      const second = await round(3);
+      const threads = await verify(store.path, "ttl:", second);
+      assert.equal(threads.get("hot")?.length, 100);
+      for (const slot of threads.get("hot")!) {
+        assert.ok(new DataView(slot.buffer).getUint32(0) >= 3, "an old slot");
+      }
+      await using backend = await KvBackend.open(
+        { kvPath: store.path, ...config },
+        { sweepOnUse: false },
+      );
+      await backend.sweep();
+      using kv = await Deno.openKv(store.path);
+      const slots = await Array.fromAsync(
+        kv.list({ prefix: ["ttl:", "slot"] }),
+      );
+      assert.equal(slots.length, 100);
+    },
+  );
+
+  await t.step(
     "a committer that closes hands over: the other Workers' appends go on without an error, and no lock is left",
     async () => {
       await using store = await tempStore();
