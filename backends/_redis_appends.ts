@@ -3,22 +3,24 @@
 // reconnects, failovers: the script's op record makes a retry apply once),
 // and settles each append from the script's reply.
 //
-// An append made while nothing waits and fewer than MAX_APPENDS_IN_FLIGHT
-// calls are under way is sent at once, alone (no latency added); otherwise
-// it waits in a queue (by thread, in call order) and goes in the next call
-// that the end of one under way lets out: up to MAX_BATCH_SLOTS slots and
-// MAX_BATCH_BYTES bytes, whole threads first, any threads of the tenant. A
-// call keeps its op number and its appends through its retries (a call being
-// retried counts as under way: appends made meanwhile queue up behind it).
+// An append is queued (by thread, in call order), its slot copied at once
+// into a shared chunk. The queue goes out once the caller's synchronous code
+// is done (a microtask: appends made in one go share a call, and a lone
+// append waits for nothing), while fewer than MAX_APPENDS_IN_FLIGHT calls
+// are under way; otherwise with the next call that the end of one under way
+// lets out: up to MAX_BATCH_SLOTS slots and MAX_BATCH_BYTES bytes, whole
+// threads first, any threads of the tenant, encoded as one MessagePack
+// argument. A call keeps its op number and its appends through its retries
+// (a call being retried counts as under way: appends made meanwhile queue up
+// behind it).
 //
-// It owns the queue, the batching, the calls under way and their retries,
-// and the drain on close. It must never send an append in two different
-// calls (an append belongs to one op), never reorder the appends of one
-// thread within a call, and never check arguments (the backend does before
-// it hands an append over).
+// It owns the queue, the copies, the batching and the encoding, the calls
+// under way and their retries, and the drain on close. It must never send an
+// append in two different calls (an append belongs to one op), never reorder
+// the appends of one thread within a call, and never check arguments (the
+// backend does before it hands an append over).
 
 import { Buffer } from "node:buffer";
-import { copyBytes } from "../_bytes.ts";
 import { quote } from "../_messages.ts";
 import { SlotLimitError, ThreadLimitError } from "../errors.ts";
 import type { RedisKeys } from "./_redis_keys.ts";
@@ -47,8 +49,10 @@ export interface RedisAppenderOptions {
 }
 
 interface PendingAppend {
-  /** A copy of the caller's slot (taken at the call). */
-  slot: Uint8Array;
+  /** Where the copy of the caller's slot (taken at the call) is: see {@linkcode SlotCopies}. */
+  chunk: Uint8Array;
+  offset: number;
+  length: number;
   /** The caller's `appendId`, if any. */
   appendId: string | undefined;
   resolve: (index: number) => void;
@@ -81,6 +85,8 @@ export class RedisAppender {
   #draining = false;
   /** Called when no call is under way any more ({@linkcode drain} waits with it). */
   #onDrained: (() => void) | undefined;
+  /** Where the copies of queued slots are taken. */
+  readonly #copies = new SlotCopies();
 
   constructor(options: RedisAppenderOptions) {
     this.#ops = options.ops;
@@ -113,32 +119,35 @@ export class RedisAppender {
   ): Promise<number> {
     return new Promise<number>((resolve, reject) => {
       const pending: PendingAppend = {
-        slot: copyBytes(slot),
+        chunk: NO_BYTES,
+        offset: 0,
+        length: slot.byteLength,
         appendId,
         resolve,
         reject,
       };
-      if (this.#queue.size === 0) {
-        if (this.#inFlight < MAX_APPENDS_IN_FLIGHT) {
-          // Nothing is waiting: send it now, alone (no latency added).
-          this.#send([[threadId, [pending]]], performance.now());
-          return;
-        }
-        this.#queuedSince = performance.now();
-      }
-      // Calls are under way: wait for one of them, then go in the next batch.
+      this.#copies.copy(slot, pending);
       const queued = this.#queue.get(threadId);
-      if (queued === undefined) this.#queue.set(threadId, [pending]);
-      else queued.push(pending);
+      if (queued !== undefined) {
+        queued.push(pending);
+      } else {
+        if (this.#queue.size === 0) this.#queuedSince = performance.now();
+        this.#queue.set(threadId, [pending]);
+      }
+      // Sent once the caller's synchronous code is done (appends made
+      // meanwhile go with it), unless calls are under way: then with the
+      // next one that ends.
       if (!this.#flushScheduled && this.#inFlight < MAX_APPENDS_IN_FLIGHT) {
         this.#flushScheduled = true;
-        queueMicrotask(() => {
-          this.#flushScheduled = false;
-          this.#flush(MAX_APPENDS_IN_FLIGHT);
-        });
+        queueMicrotask(this.#scheduledFlush);
       }
     });
   }
+
+  #scheduledFlush = (): void => {
+    this.#flushScheduled = false;
+    this.#flush(this.#draining ? Infinity : MAX_APPENDS_IN_FLIGHT);
+  };
 
   /**
    * Sends every queued append at once (no limit on calls under way) and
@@ -170,9 +179,9 @@ export class RedisAppender {
         while (
           take < queued.length && slots < MAX_BATCH_SLOTS &&
           (slots === 0 ||
-            bytes + queued[take]!.slot.byteLength <= MAX_BATCH_BYTES)
+            bytes + queued[take]!.length <= MAX_BATCH_BYTES)
         ) {
-          bytes += queued[take]!.slot.byteLength;
+          bytes += queued[take]!.length;
           slots++;
           take++;
         }
@@ -232,52 +241,51 @@ export class RedisAppender {
 
   /**
    * The append script's arguments for a batch (see APPEND in
-   * _redis_scripts.ts: the thread ids and the slots each packed into one
-   * argument), and where its op header goes.
+   * _redis_scripts.ts: the appends in one MessagePack argument), and where
+   * its op header goes.
    */
   #args(batch: Batch): { args: (string | Buffer)[]; header: number } {
-    let layout = "";
-    let ids = "";
-    let bytes = 0;
-    const appendIds: string[] = [];
+    // Sizes first: one buffer, written once.
+    let items = 0;
+    let size = 0;
     for (const [threadId, queued] of batch) {
       const withIds = queued.some((pending) => pending.appendId !== undefined);
-      layout += `${utf8Length(threadId)} ${queued.length} ${withIds ? 1 : 0}`;
+      const count = queued.length;
+      items += 2 + (withIds ? 2 * count : count);
+      size += strSize(utf8Length(threadId)) + intSize(count);
       for (const pending of queued) {
-        layout += ` ${pending.slot.byteLength}`;
-        bytes += pending.slot.byteLength;
-        if (withIds) appendIds.push(pending.appendId ?? "");
+        size += strSize(pending.length);
+        if (withIds) size += strSize(utf8Length(pending.appendId ?? ""));
       }
-      layout += " ";
-      ids += threadId;
     }
-    let slots: Buffer;
-    if (batch.length === 1 && batch[0]![1].length === 1) {
-      // One slot: its copy, as a Buffer (ioredis would stringify a plain
-      // Uint8Array).
-      const only = batch[0]![1][0]!.slot;
-      slots = Buffer.from(only.buffer, only.byteOffset, only.byteLength);
-    } else {
-      slots = Buffer.allocUnsafe(bytes);
-      let at = 0;
-      for (const [, queued] of batch) {
+    size += arraySize(items);
+    const out = Buffer.allocUnsafe(size);
+    let at = writeArrayHeader(out, 0, items);
+    for (const [threadId, queued] of batch) {
+      const withIds = queued.some((pending) => pending.appendId !== undefined);
+      at = writeStr(out, at, threadId);
+      at = writeInt(out, at, withIds ? -queued.length : queued.length);
+      for (const pending of queued) {
+        at = writeStrHeader(out, at, pending.length);
+        out.set(
+          pending.chunk.subarray(
+            pending.offset,
+            pending.offset + pending.length,
+          ),
+          at,
+        );
+        at += pending.length;
+        // The call keeps its own copy: the chunk may go.
+        pending.chunk = NO_BYTES;
+      }
+      if (withIds) {
         for (const pending of queued) {
-          slots.set(pending.slot, at);
-          at += pending.slot.byteLength;
+          at = writeStr(out, at, pending.appendId ?? "");
         }
       }
     }
     return {
-      args: [
-        this.#keys.threads,
-        this.#ops.records,
-        this.#appendArgs,
-        "",
-        layout,
-        ids,
-        slots,
-        ...appendIds,
-      ],
+      args: [this.#keys.threads, this.#ops.records, this.#appendArgs, "", out],
       header: 3,
     };
   }
@@ -384,3 +392,119 @@ function utf8Length(text: string): number {
   }
   return length;
 }
+
+const NO_BYTES = new Uint8Array(0);
+/** Bytes of the chunks that slot copies are taken in. */
+const COPY_CHUNK_BYTES = 256 * 1024;
+/** Slots larger than this get a copy of their own. */
+const MAX_SHARED_COPY = 16 * 1024;
+
+/**
+ * Copies of queued slots, taken at the call (the caller may change its
+ * array afterwards) into shared chunks: one `set()` per slot instead of a new
+ * ArrayBuffer each (an allocation and garbage to collect per append). A
+ * chunk is dropped when full and freed once no queued append refers to it.
+ */
+class SlotCopies {
+  #chunk = new Uint8Array(COPY_CHUNK_BYTES);
+  #used = 0;
+
+  /** Copies `slot`; `to` learns where the copy is. */
+  copy(slot: Uint8Array, to: { chunk: Uint8Array; offset: number }): void {
+    const length = slot.byteLength;
+    if (length > MAX_SHARED_COPY) {
+      to.chunk = new Uint8Array(length);
+      to.chunk.set(slot);
+      to.offset = 0;
+      return;
+    }
+    if (this.#used + length > COPY_CHUNK_BYTES) {
+      this.#chunk = new Uint8Array(COPY_CHUNK_BYTES);
+      this.#used = 0;
+    }
+    this.#chunk.set(slot, this.#used);
+    to.chunk = this.#chunk;
+    to.offset = this.#used;
+    this.#used += length;
+  }
+}
+
+// MessagePack, as much as the append script's argument needs (see APPEND
+// in _redis_scripts.ts): arrays, strings (str: cmsgpack knows no bin) and
+// small integers.
+
+/** Bytes of an array header of `items` items. */
+function arraySize(items: number): number {
+  return items < 16 ? 1 : items < 0x10000 ? 3 : 5;
+}
+
+/** Bytes of a string of `bytes` bytes, header included. */
+function strSize(bytes: number): number {
+  return bytes + (bytes < 32 ? 1 : bytes < 0x100 ? 2 : bytes < 0x10000 ? 3 : 5);
+}
+
+/** Bytes of the integer `value` (|value| < 2^15). */
+function intSize(value: number): number {
+  return value < 128 && value >= -32 ? 1 : 3;
+}
+
+function writeArrayHeader(out: Buffer, at: number, items: number): number {
+  if (items < 16) {
+    out[at] = 0x90 | items;
+    return at + 1;
+  }
+  if (items < 0x10000) {
+    out[at] = 0xdc;
+    out.writeUInt16BE(items, at + 1);
+    return at + 3;
+  }
+  out[at] = 0xdd;
+  out.writeUInt32BE(items, at + 1);
+  return at + 5;
+}
+
+function writeStrHeader(out: Buffer, at: number, bytes: number): number {
+  if (bytes < 32) {
+    out[at] = 0xa0 | bytes;
+    return at + 1;
+  }
+  if (bytes < 0x100) {
+    out[at] = 0xd9;
+    out[at + 1] = bytes;
+    return at + 2;
+  }
+  if (bytes < 0x10000) {
+    out[at] = 0xda;
+    out.writeUInt16BE(bytes, at + 1);
+    return at + 3;
+  }
+  out[at] = 0xdb;
+  out.writeUInt32BE(bytes, at + 1);
+  return at + 5;
+}
+
+/** Writes a string as UTF-8 (well-formed: the backend checked it). */
+function writeStr(out: Buffer, at: number, text: string): number {
+  const bytes = utf8Length(text);
+  at = writeStrHeader(out, at, bytes);
+  if (bytes === text.length) {
+    // ASCII: no encoder call for a short id.
+    for (let i = 0; i < bytes; i++) out[at + i] = text.charCodeAt(i);
+  } else {
+    encoder.encodeInto(text, out.subarray(at, at + bytes));
+  }
+  return at + bytes;
+}
+
+/** Writes an integer with |value| < 2^15. */
+function writeInt(out: Buffer, at: number, value: number): number {
+  if (value < 128 && value >= -32) {
+    out[at] = value & 0xff;
+    return at + 1;
+  }
+  out[at] = 0xd1;
+  out.writeInt16BE(value, at + 1);
+  return at + 3;
+}
+
+const encoder = new TextEncoder();

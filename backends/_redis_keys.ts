@@ -52,6 +52,11 @@
 //                                  key: see ANNOUNCE in _redis_scripts.ts,
 //                                  which derives it from the index key, and
 //                                  _redis_subscriber.ts)
+//   T + ":w"               channel nothing is published on: a subscriber
+//                                  connection holds it while it watches any
+//                                  thread of the tenant, and the append
+//                                  script announces only while someone does
+//                                  (PUBSUB SHARDNUMSUB)
 //
 // The scripts derive the tag from the index key (T + ":threads" -> T), and
 // from it the thread, id and channel keys of a thread id: change them
@@ -59,8 +64,9 @@
 //
 // The suffixes ":t:", ":i:", ":threads", ":c:", ":u:", ":reg", ":p:" (and
 // ":w:" of channels) are prefix-free among themselves (":t:" vs ":threads"
-// differ at the third character), so
-// kinds never collide within a tenant either. Nothing is ever found by
+// differ at the third character), so kinds never collide within a tenant
+// either; the tenant's channel ":w" is never a thread's (ids are never
+// empty, and a thread's has the colon after "w"). Nothing is ever found by
 // pattern: listing, counting and clearing go through the two indexes (no
 // KEYS, no SCAN).
 
@@ -80,6 +86,8 @@ export interface RedisKeys {
   readonly uuidPrefix: string;
   /** Prefix of watch channels: `channelPrefix + id` is a thread's channel. */
   readonly channelPrefix: string;
+  /** The tenant's watch channel, held by every subscriber connection (nothing is published on it). */
+  readonly tenantChannel: string;
   /** The list key of a thread. */
   thread(threadId: string): string;
   /** The hash of a thread's append ids (appendId -> index). */
@@ -114,6 +122,7 @@ export function redisKeys(prefix: string): RedisKeys {
     chainPrefix,
     uuidPrefix,
     channelPrefix: `${tag}:w:`,
+    tenantChannel: `${tag}:w`,
     thread: (threadId) => threadPrefix + threadId,
     ids: (threadId) => `${tag}:i:${threadId}`,
     records: (producer) => `${tag}:p:${producer}`,

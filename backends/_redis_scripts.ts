@@ -145,15 +145,46 @@ end
  * its channel T + ":w:" + id (T from the thread index key `T:threads`: the
  * tenant's hash tag, so the channel hashes to the tenant's slot), with
  * sharded SPUBLISH on Redis >= 7 (`redis.REDIS_VERSION` exists from 7.0),
- * else PUBLISH. `message` is "<from> <to> <ttlMs>" (slots [from, to) were
- * appended; the thread expires ttlMs from now, 0: never) or "gone".
+ * else PUBLISH. `message` is "gone" (deleted or cleared) or, after an
+ * append, "<from> <to> <ttlMs>" (slots [from, to) were appended; the thread
+ * expires ttlMs from now, 0: never), then, when the first of those slots
+ * fit in WATCH_BYTES, their byte lengths (" <n1> <n2> ...") and "\n" and
+ * their bytes, one after the other: a watch whose next index is `from`
+ * takes them without reading.
+ *
+ * Only channels that someone listens to are published to: a subscriber
+ * connection holds the tenant's channel T + ":w" while it watches any of
+ * the tenant's threads, so `watched(index)` (one PUBSUB SHARDNUMSUB, or
+ * NUMSUB) tells an append whether to look further; `listened` asks for the
+ * threads' channels at once. On a Cluster the subscriber connects to the
+ * master serving the tenant's slot, where the script runs: it is counted.
  */
 const ANNOUNCE = `
+local sharded = redis.REDIS_VERSION ~= nil
 local function announce(index, id, message)
-  redis.call(redis.REDIS_VERSION and 'SPUBLISH' or 'PUBLISH',
+  redis.call(sharded and 'SPUBLISH' or 'PUBLISH',
     string.sub(index, 1, -9) .. ':w:' .. id, message)
 end
+local function watched(index)
+  local counts = redis.call('PUBSUB', sharded and 'SHARDNUMSUB' or 'NUMSUB',
+    string.sub(index, 1, -9) .. ':w')
+  return tonumber(counts[2]) > 0
+end
+-- For each id, whether its channel has a subscriber.
+local function listened(index, ids)
+  local prefix = string.sub(index, 1, -9) .. ':w:'
+  local channels = {}
+  for i = 1, #ids do channels[i] = prefix .. ids[i] end
+  local counts = redis.call('PUBSUB', sharded and 'SHARDNUMSUB' or 'NUMSUB',
+    unpack(channels))
+  local out = {}
+  for i = 1, #ids do out[i] = tonumber(counts[2 * i]) > 0 end
+  return out
+end
 `;
+
+/** Most bytes of slots an append announcement carries (see ANNOUNCE). */
+const WATCH_BYTES = 8 * 1024;
 
 /**
  * Appends slots to one or more threads of a tenant, checking the limits and
@@ -162,17 +193,16 @@ end
  * KEYS[1] the thread index `T:threads`, KEYS[2] the backend's op records
  * (see OPS). The threads' keys are built from the tag T (KEYS[1] without
  * ":threads"; see _redis_keys.ts), so that a call of 1 000 slots over 100
- * threads has 7 arguments, not 1 100: each argument costs the client more
+ * threads has 5 arguments, not 1 100: each argument costs the client more
  * to encode than the script to cut (ioredis writes every one with its own
  * length header).
  *
  * ARGV[1] "ttlMs maxSlotsPerThread maxThreads"; ARGV[2] the op header (see
- * OPS); ARGV[3] the layout, decimal numbers: for each thread, the UTF-8 byte
- * length of its id, its number of slots c, 1 if append ids come with them
- * (else 0), then the byte length of each of its c slots; ARGV[4] the thread
- * ids, one after the other; ARGV[5] the slots, one after the other, thread
- * after thread; ARGV[6..] the append ids of the threads that have them, c
- * per such thread ("" for a slot without one).
+ * OPS); ARGV[3] the appends, one MessagePack array (decoded by cmsgpack in
+ * one step, no Lua loop per slot): for each thread, its id, its number of
+ * slots c (-c when append ids come with them), its c slots, then (with
+ * -c) its c append ids ("" for a slot without one). Strings are MessagePack
+ * str (cmsgpack knows no bin).
  *
  * Returns one entry per thread. For a thread without append ids an integer:
  * r >= 0: all its slots were appended, the first at index r; r = -1: the
@@ -185,7 +215,8 @@ end
  * what was refused, and a refused id is not recorded. A thread that got
  * slots has its list's and its ids' TTL reset to ttlMs (sliding), or removed
  * with ttlMs = 0 (the last writer's TTL holds); a thread created anew drops
- * the ids of a former one.
+ * the ids of a former one. Threads that got slots are announced (see
+ * ANNOUNCE) when a subscriber listens.
  *
  * The hot path, an append to an existing thread without ids, is RPUSH (the
  * limit is checked on the length it returns: a push past it is trimmed
@@ -193,9 +224,9 @@ end
  * shortens the thread's life, or ends its persistence, and its index score,
  * a lower bound of its expiry, comes down with it; PTTL first on 6.2) and of
  * its ids; then once per call PEXPIRE of the index (GT: it lives as long as
- * its longest-lived thread) and the op record. Server time is read, and a
- * thread's index entry written, only when it is created or its TTL
- * shortened.
+ * its longest-lived thread), whether the tenant is watched, and the op
+ * record. Server time is read, and a thread's index entry written, only
+ * when it is created or its TTL shortened.
  */
 const APPEND = `${NOW}${OPS}${PRUNE}${SETTLE_INDEX}${ANNOUNCE}
 local index, records = KEYS[1], KEYS[2]
@@ -206,12 +237,12 @@ if op and op.done then return op_end(records, op, op.replay) end
 local gt = redis.REDIS_VERSION ~= nil
 local tag = string.sub(index, 1, -9)
 local prefix = tag .. ':t:'
-local layout = string.gmatch(ARGV[3], '%d+')
-local ids_at, slot_at = 1, 1
-local id_arg = 6
+local batch = cmsgpack.unpack(ARGV[3])
 local now = nil
 local pruned = false
 local appended = false
+-- Threads that got slots, for the announcements (only if the tenant is watched).
+local heard = watched(index) and {} or nil
 -- A new thread: the limit on threads, then its index entry. False if refused.
 local function create(id, ids_key)
   if not pruned then
@@ -235,44 +266,44 @@ local function create(id, ids_key)
 end
 local out = {}
 local i = 0
-while true do
-  local id_len = layout()
-  if not id_len then break end
+local at = 1
+local size = #batch
+while at <= size do
   i = i + 1
-  local id = string.sub(ARGV[4], ids_at, ids_at + id_len - 1)
-  ids_at = ids_at + id_len
-  local count = tonumber(layout())
-  local with_ids = layout() == '1'
-  local slots = {}
-  for k = 1, count do
-    local size = tonumber(layout())
-    slots[k] = string.sub(ARGV[5], slot_at, slot_at + size - 1)
-    slot_at = slot_at + size
-  end
+  local id = batch[at]
+  local count = batch[at + 1]
+  local with_ids = count < 0
+  if with_ids then count = -count end
+  -- Its slots are batch[first .. first + count - 1], then its append ids.
+  local first = at + 2
+  local id_at = first + count
+  at = with_ids and id_at + count or id_at
   local key = prefix .. id
   local ids_key = tag .. ':i:' .. id
   local len, take
   local refused = false
   local result = nil
+  -- The slots appended (with append ids: those not applied before).
+  local pushed, from = batch, first
   if with_ids then
     -- Slot by slot: an id already applied gives its index; the others are
     -- appended while there is room.
     len = redis.call('LLEN', key)
     local stored = {}
     if len > 0 then
-      stored = redis.call('HMGET', ids_key, unpack(ARGV, id_arg, id_arg + count - 1))
+      stored = redis.call('HMGET', ids_key, unpack(batch, id_at, id_at + count - 1))
     end
     local seen, push, fresh = {}, {}, {}
     result = {}
     for k = 1, count do
-      local append_id = ARGV[id_arg + k - 1]
-      local at = nil
-      if append_id ~= '' then at = seen[append_id] or tonumber(stored[k]) end
-      if at then
-        result[k] = at
+      local append_id = batch[id_at + k - 1]
+      local index_of = nil
+      if append_id ~= '' then index_of = seen[append_id] or tonumber(stored[k]) end
+      if index_of then
+        result[k] = index_of
       elseif len + #push < max_slots then
         result[k] = len + #push
-        push[#push + 1] = slots[k]
+        push[#push + 1] = batch[first + k - 1]
         if append_id ~= '' then
           seen[append_id] = result[k]
           fresh[#fresh + 1] = append_id
@@ -282,8 +313,8 @@ while true do
         result[k] = -2
       end
     end
-    id_arg = id_arg + count
     take = #push
+    pushed, from = push, 1
     if take > 0 and len == 0 and not create(id, ids_key) then
       take = 0
       refused = true
@@ -295,7 +326,7 @@ while true do
   else
     -- Push, then check the limits on the length RPUSH returns (undoing what
     -- they refuse): one command on the hot path instead of LLEN + RPUSH.
-    local new_len = redis.call('RPUSH', key, unpack(slots))
+    local new_len = redis.call('RPUSH', key, unpack(batch, first, first + count - 1))
     len = new_len - count
     take = count
     if len == 0 and not create(id, ids_key) then
@@ -342,7 +373,9 @@ while true do
       redis.call('PERSIST', key)
       redis.call('PERSIST', ids_key)
     end
-    announce(index, id, string.format('%d %d %d', len, len + take, ttl))
+    if heard then
+      heard[#heard + 1] = { id, len, take, pushed, from }
+    end
   end
   if refused then
     out[i] = -1
@@ -370,6 +403,31 @@ if appended then
     end
   else
     redis.call('PERSIST', index)
+  end
+end
+if heard and #heard > 0 then
+  local ids = {}
+  for k = 1, #heard do ids[k] = heard[k][1] end
+  local listens = listened(index, ids)
+  for k = 1, #heard do
+    if listens[k] then
+      local id, len, take, pushed, from = unpack(heard[k])
+      local head = { string.format('%d %d %d', len, len + take, ttl) }
+      local body = {}
+      local bytes = 0
+      for s = from, from + take - 1 do
+        local slot = pushed[s]
+        if bytes + #slot > ${WATCH_BYTES} then break end
+        bytes = bytes + #slot
+        head[#head + 1] = #slot
+        body[#body + 1] = slot
+      end
+      if #body > 0 then
+        announce(index, id, table.concat(head, ' ') .. '\\n' .. table.concat(body))
+      else
+        announce(index, id, head[1])
+      end
+    end
   end
 end
 return op_end(records, op, out)

@@ -1,26 +1,31 @@
 // The watch source of the Redis backend: one subscriber connection per
 // backend, shared by all its watches, that turns the scripts' announcements
 // (ANNOUNCE in _redis_scripts.ts: "<from> <to> <ttlMs>" after an append,
-// "gone" after a deletion or a clear, on the thread's channel) into wake-ups
-// of the watch engine (_watch.ts), and ends the watches of a thread that
-// expires (Redis announces no expiry).
+// with the bytes of the first slots when they are small, "gone" after a
+// deletion or a clear, on the thread's channel) into wake-ups of the watch
+// engine (_watch.ts), handing it the slots an announcement carries, and ends
+// the watches of a thread that expires (Redis announces no expiry).
 //
 // It owns the subscriber connection (a duplicate of the backend's client,
 // opened at the first watch, ended when no watch is left and on close(),
 // reconnected by itself: on a Cluster, to the node serving the tenant's hash
 // slot), the channels it subscribes (sharded SSUBSCRIBE on Redis >= 7, else
-// SUBSCRIBE: what the scripts publish with), and one timer at the earliest
-// expiry of a watched thread, which checks the PTTL of the threads due. After
-// every (re)subscribe it wakes every watch: the engine reads the range it may
-// have missed, so a dropped connection or a restarted server loses nothing,
-// and repeats nothing (the engine reads from the index it has reached).
+// SUBSCRIBE: what the scripts publish with; the tenant's channel too, which
+// tells the append script that someone listens), and one timer at the
+// earliest expiry of a watched thread, which checks the PTTL of the threads
+// due. After every (re)subscribe it wakes every watch: the engine reads the
+// range it may have missed, so a dropped connection or a restarted server
+// loses nothing, and repeats nothing (the engine reads from the index it has
+// reached, and takes handed-over slots only where they follow on).
 //
-// It must never write to the store, never read slots (the engine does), and
-// never send on the backend's connection any command but PTTL.
+// It must never write to the store, never read slots (the engine does; it
+// only hands over the bytes announcements carry), and never send on the
+// backend's connection any command but PTTL.
 
 import { withTimeout } from "../_async.ts";
 import { errorMessage } from "../_messages.ts";
 import {
+  type WatchDelivery,
   type WatchEvent,
   WatchListeners,
   type WatchSource,
@@ -145,6 +150,8 @@ export class RedisSubscriber implements WatchSource {
   readonly #retryTimeoutMs: number;
   /** `T:w:`: a thread's channel is this and its id (see _redis_keys.ts). */
   readonly #channelPrefix: string;
+  /** `T:w`: held while any thread is watched (the append script asks). */
+  readonly #tenantChannel: string;
   readonly #listeners = new WatchListeners();
   readonly #threads = new Map<string, WatchedThread>();
   #session: Session | undefined;
@@ -164,6 +171,7 @@ export class RedisSubscriber implements WatchSource {
     this.#keys = options.keys;
     this.#retryTimeoutMs = options.retryTimeoutMs;
     this.#channelPrefix = options.keys.channelPrefix;
+    this.#tenantChannel = options.keys.tenantChannel;
   }
 
   /**
@@ -176,7 +184,7 @@ export class RedisSubscriber implements WatchSource {
    */
   async subscribe(
     threadId: string,
-    wake: (event: WatchEvent) => void,
+    wake: (event: WatchEvent, delivery?: WatchDelivery) => void,
   ): Promise<() => void> {
     if (this.#closed) throw new BackendClosedError("redis", "bufferWatch");
     const remove = this.#listeners.add(threadId, wake);
@@ -294,8 +302,8 @@ export class RedisSubscriber implements WatchSource {
     this.#session = session;
     // Without an error listener ioredis prints every connection error.
     client.on("error", (error: unknown) => this.#lastError = error);
-    client.on("smessage", this.#onMessage);
-    client.on("message", this.#onMessage);
+    client.on("smessageBuffer", this.#onMessage);
+    client.on("messageBuffer", this.#onMessage);
     // ioredis' "moved": the slot of a sharded channel moved to another node.
     client.on("moved", () => this.#drop(session));
     client.once("end", () => this.#ended(session));
@@ -319,11 +327,14 @@ export class RedisSubscriber implements WatchSource {
     }
     const batches: Promise<boolean>[] = [];
     for (let i = 0; i < ids.length; i += SUBSCRIBE_BATCH) {
+      // The first also takes the tenant's channel: confirmed before any
+      // thread's (one connection answers in order).
       batches.push(
         this.#subscribeThreads(
           session,
           ids.slice(i, i + SUBSCRIBE_BATCH),
           true,
+          i === 0,
         ),
       );
     }
@@ -339,19 +350,21 @@ export class RedisSubscriber implements WatchSource {
   }
 
   /**
-   * Subscribes the channels of `ids` on `session`; resolves `true` once the
-   * server confirmed them (their waiting watches go on), `false` if the
-   * connection failed first (the next one subscribes them). Threads
-   * subscribed on a running connection (not `initial`ly) get their expiry
-   * checked.
+   * Subscribes the channels of `ids` on `session` (and the tenant's
+   * channel first, if `tenant`); resolves `true` once the server confirmed
+   * them (their waiting watches go on), `false` if the connection failed
+   * first (the next one subscribes them). Threads subscribed on a running
+   * connection (not `initial`ly) get their expiry checked.
    */
   async #subscribeThreads(
     session: Session,
     ids: string[],
     initial: boolean,
+    tenant = false,
   ): Promise<boolean> {
     const threads = ids.map((id) => this.#threads.get(id)!);
     const channels = threads.map((thread) => thread.channel);
+    if (tenant) channels.unshift(this.#tenantChannel);
     const send = () =>
       session.sharded
         ? session.client.ssubscribe(...channels)
@@ -407,25 +420,31 @@ export class RedisSubscriber implements WatchSource {
     }
   }
 
-  /** An announcement on a thread's channel. */
-  #onMessage = (channel: string, message: string): void => {
-    if (!channel.startsWith(this.#channelPrefix)) return;
+  /** An announcement on a thread's channel (see ANNOUNCE in _redis_scripts.ts). */
+  #onMessage = (channelBytes: Uint8Array, message?: Uint8Array): void => {
+    const channel = decoder.decode(channelBytes);
+    if (!channel.startsWith(this.#channelPrefix) || message === undefined) {
+      return;
+    }
     const threadId = channel.slice(this.#channelPrefix.length);
     const thread = this.#threads.get(threadId);
     if (thread === undefined) return;
     thread.heard++;
-    if (message === "gone") {
+    const newline = message.indexOf(NEWLINE);
+    const head = decoder.decode(
+      newline === -1 ? message : message.subarray(0, newline),
+    );
+    if (head === "gone") {
       thread.exists = false;
       thread.length = 0;
       thread.expiresAt = Infinity;
       this.#listeners.notify(threadId, "gone");
       return;
     }
-    const [from, to, ttlMs] = message.split(" ").map(Number) as [
-      number,
-      number,
-      number,
-    ];
+    const fields = head.split(" ");
+    const from = Number(fields[0]);
+    const to = Number(fields[1]);
+    const ttlMs = Number(fields[2]);
     // A thread only grows until it is removed: slots appended below the
     // length last heard mean that it was removed unheard (an expiry is not
     // announced) and started anew; its watches end as for a deletion.
@@ -434,7 +453,15 @@ export class RedisSubscriber implements WatchSource {
     thread.length = to;
     thread.expiresAt = ttlMs > 0 ? Date.now() + ttlMs : Infinity;
     this.#expireBy(thread.expiresAt);
-    this.#listeners.notify(threadId, renewed ? "gone" : "changed");
+    if (renewed) {
+      this.#listeners.notify(threadId, "gone");
+      return;
+    }
+    this.#listeners.notify(
+      threadId,
+      "changed",
+      carried(message, newline, fields, from, to),
+    );
   };
 
   /**
@@ -609,6 +636,33 @@ export class RedisSubscriber implements WatchSource {
     >;
     if (cluster.isCluster === true) cluster.refreshSlotsCache?.(() => {});
   }
+}
+
+const decoder = new TextDecoder();
+const NEWLINE = 0x0a;
+
+/**
+ * The slots an append announcement carries after its "\n" (their lengths
+ * are the header's fields after the third), as views of the message; none
+ * if it carries none or does not add up.
+ */
+function carried(
+  message: Uint8Array,
+  newline: number,
+  fields: string[],
+  from: number,
+  to: number,
+): WatchDelivery | undefined {
+  if (newline === -1 || fields.length <= 3) return undefined;
+  const slots: Uint8Array[] = [];
+  let at = newline + 1;
+  for (let k = 3; k < fields.length; k++) {
+    const length = Number(fields[k]);
+    slots.push(message.subarray(at, at + length));
+    at += length;
+  }
+  if (at !== message.length || from + slots.length > to) return undefined;
+  return { from, slots, length: to };
 }
 
 /** Ends a subscriber connection: disconnect, then wait for its socket's end (cut after 2 s). */
