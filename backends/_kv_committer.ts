@@ -594,8 +594,15 @@ export class KvCommitter {
         throw new BackendError("the committer's term record kept changing");
       }
     }
+    // The term's log records from number from + 1 on (a term's records
+    // before it cannot hold what was sent after it).
     const start = keys.op(term, from + 1);
-    const entries = await store.listAll<ForwardLog | true>(start.slice(0, -1));
+    const prefix = start.slice(0, -1);
+    const entries = await store.retryWhileLocked(() =>
+      Array.fromAsync(
+        kv.list<ForwardLog | true>({ prefix, start }, { batchSize: 500 }),
+      )
+    );
     const applied = new Map<number, number>();
     for (const entry of entries) {
       const seq = entry.key.at(-1);
