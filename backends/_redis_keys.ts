@@ -18,8 +18,16 @@
 //                                  PEXPIRE ttlMs at every append (sliding)
 //   T + ":i:" + threadId   hash    the thread's append ids: appendId ->
 //                                  index; same TTL as the list (every
-//                                  append sets both), deleted with it, and
+//                                  append to the thread sets both, once it
+//                                  is in T:withids), deleted with it, and
 //                                  deleted when the thread is created anew
+//   T + ":withids"         set     the threads that have append ids (added
+//                                  with their first id, removed with their
+//                                  ids): appends to other threads leave
+//                                  T:i: alone; it outlives every hash it
+//                                  names (extended with them; persistent
+//                                  while a persistent thread may have ids,
+//                                  then the index's TTL)
 //   T + ":threads"         zset    thread index: member threadId, score a
 //                                  lower bound of its expiry in server ms
 //                                  ("+inf" while the list is persistent),
@@ -59,16 +67,16 @@
 //                                  (PUBSUB SHARDNUMSUB)
 //
 // The scripts derive the tag from the index key (T + ":threads" -> T), and
-// from it the thread, id and channel keys of a thread id: change them
+// from it the thread, id, withids and channel keys of a thread id: change them
 // together.
 //
-// The suffixes ":t:", ":i:", ":threads", ":c:", ":u:", ":reg", ":p:" (and
-// ":w:" of channels) are prefix-free among themselves (":t:" vs ":threads"
-// differ at the third character), so kinds never collide within a tenant
-// either; the tenant's channel ":w" is never a thread's (ids are never
-// empty, and a thread's has the colon after "w"). Nothing is ever found by
-// pattern: listing, counting and clearing go through the two indexes (no
-// KEYS, no SCAN).
+// The suffixes ":t:", ":i:", ":threads", ":withids", ":c:", ":u:", ":reg",
+// ":p:" (and ":w:" of channels) are prefix-free among themselves (":t:" vs
+// ":threads" differ at the third character, ":w:" vs ":withids" too), so
+// kinds never collide within a tenant either; the tenant's channel ":w" is
+// never a thread's (ids are never empty, and a thread's has the colon after
+// "w"). Nothing is ever found by pattern: listing, counting and clearing go
+// through the two indexes (no KEYS, no SCAN).
 
 /** The key names of one tenant (one `prefix`). */
 export interface RedisKeys {
@@ -92,6 +100,8 @@ export interface RedisKeys {
   thread(threadId: string): string;
   /** The hash of a thread's append ids (appendId -> index). */
   ids(threadId: string): string;
+  /** The set of threads that have append ids. */
+  readonly withIds: string;
   /** The op records of a backend instance (its producer id). */
   records(producer: string): string;
   /** The key holding a chain's uuid. */
@@ -125,6 +135,7 @@ export function redisKeys(prefix: string): RedisKeys {
     tenantChannel: `${tag}:w`,
     thread: (threadId) => threadPrefix + threadId,
     ids: (threadId) => `${tag}:i:${threadId}`,
+    withIds: `${tag}:withids`,
     records: (producer) => `${tag}:p:${producer}`,
     chain: (chain) => chainPrefix + chain,
     uuid: (uuid) => uuidPrefix + uuid,

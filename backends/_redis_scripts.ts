@@ -97,7 +97,8 @@ end
  * expiry: 100 ms early, because TIME runs ahead of the time a script's
  * PEXPIRE counts from by the script's run time) has passed are checked
  * against their list's real TTL: re-scored if the list lives on (it was
- * appended to since), removed (with the thread's ids) if it expired. O(1)
+ * appended to since), removed (with the thread's ids, and from the threads
+ * with ids) if it expired. O(1)
  * when nothing is due. `prefix` is the thread key prefix T:t:.
  */
 const PRUNE = `
@@ -107,7 +108,9 @@ local function prune(index, prefix, now)
     local pttl = redis.call('PTTL', prefix .. due[i])
     if pttl == -2 then
       redis.call('ZREM', index, due[i])
-      redis.call('DEL', string.sub(prefix, 1, -4) .. ':i:' .. due[i])
+      local tag = string.sub(prefix, 1, -4)
+      redis.call('DEL', tag .. ':i:' .. due[i])
+      redis.call('SREM', tag .. ':withids', due[i])
     elseif pttl == -1 then
       redis.call('ZADD', index, '+inf', due[i])
       redis.call('PERSIST', index)
@@ -220,13 +223,15 @@ const WATCH_BYTES = 8 * 1024;
  *
  * The hot path, an append to an existing thread without ids, is RPUSH (the
  * limit is checked on the length it returns: a push past it is trimmed
- * back), PEXPIRE of the list (GT, Redis >= 7: a failure means this append
- * shortens the thread's life, or ends its persistence, and its index score,
- * a lower bound of its expiry, comes down with it; PTTL first on 6.2) and of
- * its ids; then once per call PEXPIRE of the index (GT: it lives as long as
- * its longest-lived thread), whether the tenant is watched, and the op
- * record. Server time is read, and a thread's index entry written, only
- * when it is created or its TTL shortened.
+ * back) and PEXPIRE of the list (GT, Redis >= 7: a failure means this
+ * append shortens the thread's life, or ends its persistence, and its index
+ * score, a lower bound of its expiry, comes down with it; PTTL first on
+ * 6.2); then once per call PEXPIRE of the index (GT: it lives as long as
+ * its longest-lived thread), whether the tenant has threads with append ids
+ * (T:withids: only theirs get their ids' TTL reset, which costs one
+ * SMISMEMBER per call when there are any) and whether it is watched, and
+ * the op record. Server time is read, and a thread's index entry written,
+ * only when it is created or its TTL shortened.
  */
 const APPEND = `${NOW}${OPS}${PRUNE}${SETTLE_INDEX}${ANNOUNCE}
 local index, records = KEYS[1], KEYS[2]
@@ -238,13 +243,29 @@ local gt = redis.REDIS_VERSION ~= nil
 local tag = string.sub(index, 1, -9)
 local prefix = tag .. ':t:'
 local batch = cmsgpack.unpack(ARGV[3])
+local size = #batch
+-- The threads with append ids (T:withids): only their ids' TTL is kept in
+-- step with their list. members[i]: the call's i-th thread is one of them.
+local with_ids_key = tag .. ':withids'
+local members = nil
+if redis.call('EXISTS', with_ids_key) == 1 then
+  local ids = {}
+  local at = 1
+  while at <= size do
+    ids[#ids + 1] = batch[at]
+    local count = batch[at + 1]
+    at = at + 2 + (count < 0 and -2 * count or count)
+  end
+  members = redis.call('SMISMEMBER', with_ids_key, unpack(ids))
+end
+local ids_kept = false
 local now = nil
 local pruned = false
 local appended = false
 -- Threads that got slots, for the announcements (only if the tenant is watched).
 local heard = watched(index) and {} or nil
 -- A new thread: the limit on threads, then its index entry. False if refused.
-local function create(id, ids_key)
+local function create(id)
   if not pruned then
     now = now or now_ms()
     prune(index, prefix, now)
@@ -261,13 +282,13 @@ local function create(id, ids_key)
   end
   -- The ids of a former thread of this id (its hash may outlive its list by
   -- a moment).
-  redis.call('DEL', ids_key)
+  redis.call('DEL', tag .. ':i:' .. id)
+  redis.call('SREM', with_ids_key, id)
   return true
 end
 local out = {}
 local i = 0
 local at = 1
-local size = #batch
 while at <= size do
   i = i + 1
   local id = batch[at]
@@ -279,7 +300,9 @@ while at <= size do
   local id_at = first + count
   at = with_ids and id_at + count or id_at
   local key = prefix .. id
-  local ids_key = tag .. ':i:' .. id
+  -- Its ids' TTL follows its list's (the hot path has none).
+  local has_ids = with_ids or (members ~= nil and members[i] == 1)
+  local ids_key = has_ids and tag .. ':i:' .. id
   local len, take
   local refused = false
   local result = nil
@@ -315,13 +338,16 @@ while at <= size do
     end
     take = #push
     pushed, from = push, 1
-    if take > 0 and len == 0 and not create(id, ids_key) then
+    if take > 0 and len == 0 and not create(id) then
       take = 0
       refused = true
     end
     if take > 0 then
       redis.call('RPUSH', key, unpack(push))
-      if #fresh > 0 then redis.call('HSET', ids_key, unpack(fresh)) end
+      if #fresh > 0 then
+        redis.call('HSET', ids_key, unpack(fresh))
+        redis.call('SADD', with_ids_key, id)
+      end
     end
   else
     -- Push, then check the limits on the length RPUSH returns (undoing what
@@ -329,7 +355,7 @@ while at <= size do
     local new_len = redis.call('RPUSH', key, unpack(batch, first, first + count - 1))
     len = new_len - count
     take = count
-    if len == 0 and not create(id, ids_key) then
+    if len == 0 and not create(id) then
       redis.call('DEL', key)
       take = 0
       refused = true
@@ -365,14 +391,15 @@ while at <= size do
         now = now or now_ms()
         redis.call('ZADD', index, 'LT', now + ttl - 100, id)
       end
-      redis.call('PEXPIRE', ids_key, ttl)
+      if has_ids then redis.call('PEXPIRE', ids_key, ttl) end
     else
       if len > 0 and redis.call('PTTL', key) ~= -1 then
         redis.call('ZADD', index, '+inf', id)
       end
       redis.call('PERSIST', key)
-      redis.call('PERSIST', ids_key)
+      if has_ids then redis.call('PERSIST', ids_key) end
     end
+    if has_ids then ids_kept = true end
     if heard then
       heard[#heard + 1] = { id, len, take, pushed, from }
     end
@@ -403,6 +430,27 @@ if appended then
     end
   else
     redis.call('PERSIST', index)
+  end
+end
+if ids_kept then
+  -- T:withids outlives the ids of every thread it holds: extended with
+  -- them; persistent (a persistent thread had ids) until a TTL'd append
+  -- finds it so: then it follows the index, which outlives every thread.
+  if ttl > 0 then
+    local extended
+    if gt then
+      extended = redis.call('PEXPIRE', with_ids_key, ttl, 'GT') == 1
+    else
+      local left = redis.call('PTTL', with_ids_key)
+      extended = left ~= -1
+      if left >= 0 and left < ttl then redis.call('PEXPIRE', with_ids_key, ttl) end
+    end
+    if not extended and redis.call('PTTL', with_ids_key) == -1 then
+      local left = redis.call('PTTL', index)
+      if left > 0 then redis.call('PEXPIRE', with_ids_key, left) end
+    end
+  else
+    redis.call('PERSIST', with_ids_key)
   end
 end
 if heard and #heard > 0 then
@@ -444,6 +492,7 @@ if op and op.done then return op_end(KEYS[3], op, op.replay) end
 local tag = string.sub(KEYS[1], 1, -9)
 local existed = redis.call('DEL', KEYS[2])
 redis.call('DEL', tag .. ':i:' .. ARGV[1])
+redis.call('SREM', tag .. ':withids', ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 if existed == 1 then announce(KEYS[1], ARGV[1], 'gone') end
 if redis.call('PTTL', KEYS[1]) == -1 then settle_index(KEYS[1], tag .. ':t:', 1) end
@@ -482,7 +531,7 @@ for i = 1, #ids do
   end
 end
 if #batch > 0 then redis.call('UNLINK', unpack(batch)) end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], string.sub(KEYS[1], 1, -9) .. ':withids')
 return op_end(KEYS[2], op, #ids)
 `;
 
