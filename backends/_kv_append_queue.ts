@@ -56,6 +56,12 @@ import {
 } from "./_kv_keys.ts";
 import type { KvStore } from "./_kv_store.ts";
 import {
+  FENCED,
+  type ForwardLog,
+  TermEndedError,
+  writeTermCommit,
+} from "./_kv_terms.ts";
+import {
   indexGeneration,
   type KvSweeper,
   retireGeneration,
@@ -123,34 +129,10 @@ export interface Origin {
 }
 
 /**
- * The value of a term record once another member has fenced the term (see
- * _kv_committer.ts): a commit of the term checks the record's versionstamp,
- * so none of its commits can land after the fence. Never a sequence number.
- */
-export const FENCED = -1;
-
-/**
- * Why a forwarded append was refused without being applied: the queue is in
- * no committer term (or its term was fenced). Its sender commits it
- * elsewhere; never seen by a caller of the backend.
- */
-export class TermEndedError extends Error {
-  constructor() {
-    super("this isolate no longer commits the process's appends");
-    this.name = "TermEndedError";
-  }
-}
-
-/** The log a commit of forwarded appends writes: by member, `[seq, index, seq, index, ...]`. */
-export interface ForwardLog {
-  f: Record<string, number[]>;
-}
-
-/**
  * This queue's term as its process's committer: forwarded appends are
  * committed only in a term, and each such commit checks and rewrites the
  * term record `[p, "producer", id]` and writes the outcomes of its
- * forwarded appends to `[p, "op", id, seq]` (see _kv_committer.ts).
+ * forwarded appends to `[p, "op", id, seq]` (see _kv_terms.ts).
  */
 interface Term {
   id: string;
@@ -991,12 +973,7 @@ export class KvAppendQueue {
       }
     }
     if (!forwarded) return undefined;
-    const { keys } = this.#store;
-    const expireIn = this.#store.recordExpireIn;
     const seq = ++term.seq;
-    const record = keys.producer(term.id);
-    op.check({ key: record, versionstamp: term.versionstamp });
-    op.set(record, seq, { expireIn });
     const log: ForwardLog = { f: {} };
     let logged = false;
     for (const [item, outcome] of outcomes) {
@@ -1005,7 +982,7 @@ export class KvAppendQueue {
         logged = true;
       }
     }
-    if (logged) op.set(keys.op(term.id, seq), log, { expireIn });
+    writeTermCommit(op, this.#store, term, seq, logged ? log : undefined);
     return { term, seq };
   }
 

@@ -36,7 +36,8 @@
 // number (and its append id, if any). The leader commits it with a check of
 // the term record ([p, "producer", term]) and writes its index to the term's
 // log ([p, "op", term, seq]) in the same commit (_kv_append_queue.ts). The
-// answer may not arrive: the leader died, resigned, or its term was fenced.
+// answer may not arrive: the leader died, resigned, or its term was fenced
+// (_kv_terms.ts: the records).
 // A member whose forwards to a term are unanswered when another term
 // leads, or when it leads itself, first fences that term (rewrites its
 // record to FENCED in a commit checked against what it read, so that no
@@ -50,12 +51,7 @@ import { BroadcastChannel } from "node:worker_threads";
 import { copyBytes } from "../_bytes.ts";
 import { BackendError, SlotLimitError, ThreadLimitError } from "../errors.ts";
 import { errorMessage } from "../_messages.ts";
-import {
-  FENCED,
-  type ForwardLog,
-  type KvAppendQueue,
-  TermEndedError,
-} from "./_kv_append_queue.ts";
+import type { KvAppendQueue } from "./_kv_append_queue.ts";
 import type { KvBlobStore, Upload } from "./_kv_blobs.ts";
 import { CHUNK_BYTES } from "./_kv_keys.ts";
 import {
@@ -65,6 +61,7 @@ import {
   PairLink,
 } from "./_kv_pair.ts";
 import type { KvStore } from "./_kv_store.ts";
+import { appliedByTerm, TermEndedError } from "./_kv_terms.ts";
 import { newId } from "./_kv_util.ts";
 
 /** How often a leader checks whether any member still waits for its lock. */
@@ -530,8 +527,10 @@ export class KvCommitter {
       ) {
         let applied: Map<number, number>;
         try {
-          applied = await this.#appliedIn(
+          applied = await appliedByTerm(
+            this.#store,
             term,
+            this.#id,
             Math.min(...ofTerm.map((f) => f.logFrom)),
           );
         } catch (error) {
@@ -571,50 +570,6 @@ export class KvCommitter {
       if (this.#gate === gate) this.#gate = undefined;
       this.#schedulePump();
     });
-  }
-
-  /**
-   * The forwards of this member that term `term` applied, seq -> index, read
-   * from its log from number `from` on, once the term is fenced (none of
-   * its commits can land any more).
-   *
-   * @throws {BackendError} The store failed (for retryTimeoutMs).
-   */
-  async #appliedIn(term: string, from: number): Promise<Map<number, number>> {
-    const store = this.#store;
-    const { kv, keys } = store;
-    const record = keys.producer(term);
-    for (let attempt = 0;; attempt++) {
-      const entry = await store.retryWhileLocked(() => kv.get<number>(record));
-      if (entry.value === FENCED) break;
-      const fence = kv.atomic().check(entry)
-        .set(record, FENCED, { expireIn: store.recordExpireIn });
-      if ((await store.retryWhileLocked(() => fence.commit())).ok) break;
-      if (attempt >= store.maxAttempts) {
-        throw new BackendError("the committer's term record kept changing");
-      }
-    }
-    // The term's log records from number from + 1 on (a term's records
-    // before it cannot hold what was sent after it).
-    const start = keys.op(term, from + 1);
-    const prefix = start.slice(0, -1);
-    const entries = await store.retryWhileLocked(() =>
-      Array.fromAsync(
-        kv.list<ForwardLog | true>({ prefix, start }, { batchSize: 500 }),
-      )
-    );
-    const applied = new Map<number, number>();
-    for (const entry of entries) {
-      const seq = entry.key.at(-1);
-      if (typeof seq !== "number" || seq <= from) continue;
-      const mine = typeof entry.value === "object"
-        ? entry.value.f[this.#id]
-        : undefined;
-      for (let i = 0; mine !== undefined && i < mine.length; i += 2) {
-        applied.set(mine[i]!, mine[i + 1]!);
-      }
-    }
-    return applied;
   }
 
   // --------------------------------------------------------------- leading

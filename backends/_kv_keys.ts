@@ -16,7 +16,7 @@
 // | [p, "meta", "threads"]                     | number: heads that exist (live or not)   |
 // | [p, "producer", producerId]                | number: a backend's last commit (retries)|
 // | [p, "producer", term]                      | number: a committer term's last commit,  |
-// |                                            | or -1 once fenced (_kv_committer.ts)     |
+// |                                            | or -1 once fenced (_kv_terms.ts)         |
 // | [p, "op", producerId, seq]                 | true: a registry write that was applied  |
 // | [p, "op", term, seq]                       | ForwardLog: the forwarded appends that a |
 // |                                            | committer term's commit applied          |
