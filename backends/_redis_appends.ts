@@ -275,7 +275,8 @@ export class RedisAppender {
           at,
         );
         at += pending.length;
-        // The call keeps its own copy: the chunk may go.
+        // The call keeps its own copy: the room may be reused.
+        this.#copies.release(pending.chunk);
         pending.chunk = NO_BYTES;
       }
       if (withIds) {
@@ -401,13 +402,17 @@ const MAX_SHARED_COPY = 16 * 1024;
 
 /**
  * Copies of queued slots, taken at the call (the caller may change its
- * array afterwards) into shared chunks: one `set()` per slot instead of a new
- * ArrayBuffer each (an allocation and garbage to collect per append). A
- * chunk is dropped when full and freed once no queued append refers to it.
+ * array afterwards) into a shared chunk: one `set()` per slot instead of a
+ * new ArrayBuffer each (an allocation and garbage to collect per append).
+ * Once every copy in the chunk has been encoded into a call, the chunk is
+ * written from its start again; a full chunk is left to the copies still in
+ * it (and freed after them) for a new one.
  */
 class SlotCopies {
   #chunk = new Uint8Array(COPY_CHUNK_BYTES);
   #used = 0;
+  /** Copies in the chunk not released yet. */
+  #held = 0;
 
   /** Copies `slot`; `to` learns where the copy is. */
   copy(slot: Uint8Array, to: { chunk: Uint8Array; offset: number }): void {
@@ -421,11 +426,18 @@ class SlotCopies {
     if (this.#used + length > COPY_CHUNK_BYTES) {
       this.#chunk = new Uint8Array(COPY_CHUNK_BYTES);
       this.#used = 0;
+      this.#held = 0;
     }
     this.#chunk.set(slot, this.#used);
     to.chunk = this.#chunk;
     to.offset = this.#used;
     this.#used += length;
+    this.#held++;
+  }
+
+  /** A copy in `chunk` has been encoded (once): its room is free. */
+  release(chunk: Uint8Array): void {
+    if (chunk === this.#chunk && --this.#held === 0) this.#used = 0;
   }
 }
 
