@@ -4,7 +4,11 @@
  * appended to at a steady 200 slots/s from this process, and 0, 1 or 20
  * pages (server-sent event streams, read here) watching it. The server's CPU
  * is read from /proc/<pid>/stat over each phase; the figure that matters is
- * 20 pages minus no page (the watch, the decoding, the sending).
+ * 20 pages minus no page (the watch, the decoding, the sending). Then the
+ * watch alone: a bare `bufferWatch` in a process of its own; on Redis also
+ * the floor under it, a bare ioredis subscriber on the thread's channel that
+ * does nothing with what it hears (what receiving 200 messages/s costs a
+ * Deno process here).
  *
  * ```sh
  * deno run -A bench/inspector_live.ts            # kv, 10 s a phase
@@ -19,6 +23,7 @@
 import { parseArgs } from "node:util";
 import { ContextBuffer, createSharedBackend } from "../mod.ts";
 import type { BackendConfig } from "../config.ts";
+import { redisKeys } from "../backends/_redis_keys.ts";
 import { startRedisServer } from "../tests/_redis_server.ts";
 
 const { values } = parseArgs({
@@ -49,6 +54,8 @@ await using redis = values.redis ? await startRedisServer() : undefined;
 const config: BackendConfig = redis === undefined
   ? { backendType: "kv", kvPath: `${dir}/state.db`, prefix: "bench:" }
   : { backendType: "redis", redisUrl: redis.url, prefix: "bench:" };
+// Five phases of appends overfill the default maxSlotsPerThread.
+config.maxSlotsPerThread = 1_000_000;
 await using writer = await createSharedBackend(config);
 const buffer = new ContextBuffer<{ type: string; n: number; text: string }>(
   writer,
@@ -142,21 +149,16 @@ async function openPage(): Promise<
 }
 
 /**
- * The baseline: the same appends watched by a bare `bufferWatch` in a
- * process of its own (no decoding, no HTTP): what the watch alone costs.
+ * The CPU of a process of its own (`deno eval <code>`, which prints a line
+ * when it is ready) while the appends run, in % of a core.
  */
-async function bareWatch(): Promise<number> {
+async function processCpu(name: string, code: string): Promise<number> {
   const watcher = new Deno.Command(Deno.execPath(), {
     args: [
       "eval",
-      `import { createSharedBackend } from ${
-        JSON.stringify(new URL("../mod.ts", import.meta.url).href)
-      };
-      const backend = await createSharedBackend(${JSON.stringify(config)});
-      let n = 0;
-      console.log("watching");
-      for await (const _ of backend.bufferWatch(${JSON.stringify(THREAD)})) n++;
-      `,
+      "--config",
+      new URL("../deno.json", import.meta.url).pathname,
+      code,
     ],
     stdin: "null",
     stdout: "piped",
@@ -164,7 +166,7 @@ async function bareWatch(): Promise<number> {
   }).spawn();
   const output = watcher.stdout.pipeThrough(new TextDecoderStream())
     .getReader();
-  await output.read(); // "watching"
+  await output.read(); // ready
   await new Promise((r) => setTimeout(r, 500));
   const cpuBefore = await cpuSeconds(watcher.pid);
   const started = performance.now();
@@ -177,11 +179,50 @@ async function bareWatch(): Promise<number> {
   await output.cancel().catch(() => {});
   const percent = (100 * cpu) / wall;
   console.log(
-    `${"baseline: a bare bufferWatch".padEnd(34)} its process ${
+    `${name.padEnd(34)} its process ${
       percent.toFixed(2).padStart(5)
     }% of a core (${cpu.toFixed(2)} s in ${wall.toFixed(1)} s)`,
   );
   return percent;
+}
+
+/**
+ * The baseline: the same appends watched by a bare `bufferWatch` in a
+ * process of its own (no decoding, no HTTP): what the watch alone costs.
+ */
+function bareWatch(): Promise<number> {
+  return processCpu(
+    "baseline: a bare bufferWatch",
+    `import { createSharedBackend } from ${
+      JSON.stringify(new URL("../mod.ts", import.meta.url).href)
+    };
+      const backend = await createSharedBackend(${JSON.stringify(config)});
+      let n = 0;
+      console.log("watching");
+      for await (const _ of backend.bufferWatch(${JSON.stringify(THREAD)})) n++;
+      `,
+  );
+}
+
+/**
+ * The floor under a Redis watch: an ioredis subscriber on the tenant's and
+ * the thread's channels (the append script announces to it as to a
+ * watch), counting messages and nothing else.
+ */
+function bareSubscriber(url: string): Promise<number> {
+  const keys = redisKeys("bench:");
+  return processCpu(
+    "floor: a bare ioredis subscriber",
+    `import { Redis } from "ioredis";
+      const subscriber = new Redis(${JSON.stringify(url)});
+      let n = 0;
+      subscriber.on("smessageBuffer", () => n++);
+      await subscriber.ssubscribe(${JSON.stringify(keys.tenantChannel)}, ${
+      JSON.stringify(keys.channelPrefix + THREAD)
+    });
+      console.log("subscribed");
+      `,
+  );
 }
 
 async function phase(name: string, pages: number, append: boolean) {
@@ -222,6 +263,7 @@ try {
   const one = await phase("appends, 1 page", 1, true);
   const many = await phase(`appends, ${PAGES} pages`, PAGES, true);
   const bare = await bareWatch();
+  if (redis !== undefined) await bareSubscriber(redis.url);
   console.log(
     `live updates to ${PAGES} pages: ${(many - none).toFixed(2)}% of a core ` +
       `over no page (1 page: ${(one - none).toFixed(2)}%; idle server ${
