@@ -48,7 +48,6 @@ import { DEFAULT_CONFIG } from "./config.ts";
 import type {
   BufferAppendOptions,
   BufferWatchOptions,
-  RegistryRefreshOptions,
   SharedBackend,
 } from "./protocol.ts";
 import { serializeSlot } from "./serialize.ts";
