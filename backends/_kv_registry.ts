@@ -17,7 +17,7 @@ import {
   type RegistryRecord,
 } from "./_kv_keys.ts";
 import type { KvStore } from "./_kv_store.ts";
-import { pairIndexKey } from "./_kv_sweep.ts";
+import { pairIndexKey } from "./_kv_expiry_index.ts";
 import { batches, CONFLICT, type Conflict, KV_LIMITS } from "./_kv_util.ts";
 
 /** Registry keys also get `expireIn` = ttl + this, a backstop for a prefix never used again. */

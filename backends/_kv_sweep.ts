@@ -1,24 +1,15 @@
-// Owns the expiry index and the end of generations (retire, sweep, reclaim) for every prefix of a store; never hides or changes live data.
+// Owns the end of generations for every prefix of a store: the sweep of the expiry index, retiring expired and deleted threads; never hides or changes live data.
 //
-// - The expiry index is store-wide, `[true, "exp", second, prefix, ...]`
-//   (the first part `true` is no prefix: prefixes are strings), so one
-//   listing in key order finds what is due in every tenant, also one that is
-//   never used again. It holds one entry per live generation (when `ttlMs >
-//   0`, `[..., prefix, "t", threadId, gen]`) and per registry pair (`[...,
-//   prefix, "r", chain]`), keyed by the whole second it expires in, moved by
-//   the commit that refreshes it (at most once a second per thread, so
-//   appends stay O(1)); plus one marker per dead generation at second 0,
-//   whose value is the length still to reclaim. The functions below say
-//   which entries a write adds, moves or removes; the append queue and the
-//   registry put those in their own commits.
-// - A sweep lists the index from the start up to the current second: only
-//   entries that are due, oldest first, never the live data. Expired heads
-//   are retired in batches (one commit per prefix and up to 99 heads: each
-//   head checked, deleted, counted out and marked dead); dead generations
-//   have their slots deleted by index (top down, the marker following) in
-//   commits shared by many generations, then their large slots' chunks and
-//   whatever else is left under their slots (append ids); expired pairs are
-//   deleted by the registry of their prefix.
+// - A sweep lists the store-wide expiry index (_kv_expiry_index.ts: its
+//   keys, and which entries a write adds, moves or removes) from the start
+//   up to the current second: only entries that are due, oldest first, never
+//   the live data. Expired heads are retired in batches (one commit per
+//   prefix and up to 99 heads: each head checked, deleted, counted out and
+//   marked dead); dead generations are reclaimed (_kv_reclaim.ts: their
+//   slots deleted by index, top down, the marker following, in commits shared
+//   by many generations, then their large slots' chunks and whatever else is
+//   left under their slots); expired pairs are deleted by the registry of
+//   their prefix.
 // - Every step checks what it reads, so sweeps of several processes, and
 //   writers refreshing a thread meanwhile, never lose live data.
 //
@@ -33,6 +24,12 @@
 // would not have to rewrite.
 
 import type { KvBlobStore } from "./_kv_blobs.ts";
+import {
+  dueEnd,
+  generationKey,
+  INDEX,
+  retireGeneration,
+} from "./_kv_expiry_index.ts";
 import { headIsLive } from "./_kv_heads.ts";
 import {
   expirySecond,
@@ -41,8 +38,18 @@ import {
   type ThreadHead,
 } from "./_kv_keys.ts";
 import { SweepLease } from "./_kv_lease.ts";
+import {
+  type Budget,
+  budgetOf,
+  type DeadGeneration,
+  inParallel,
+  reclaimGenerations,
+} from "./_kv_reclaim.ts";
 import { KvStore } from "./_kv_store.ts";
 import { batches, CONFLICT, KV_LIMITS } from "./_kv_util.ts";
+
+// What the append queue writes in the expiry index, where it imports them from.
+export { indexGeneration, retireGeneration } from "./_kv_expiry_index.ts";
 
 /** A backend runs the routine sweep at most this often, unless a backlog is left. */
 const SWEEP_INTERVAL_MS = 1_000;
@@ -54,87 +61,8 @@ export const ROUTINE_SLOTS = 10_000;
 const UPLOAD_CHECK_MS = 10_000;
 /** Entries one listing of the index returns; `sweep()` lists again for more. */
 const LISTING = 1_000;
-/** Listings or reads of one sweep step in flight at once. */
-const IN_FLIGHT = 8;
 /** Prefixes whose stores a sweeper keeps at hand. */
 const TENANTS_KEPT = 64;
-
-/** The store-wide expiry index: what a sweep lists. */
-const INDEX: Deno.KvKey = [true, "exp"];
-
-/** The store-wide form of a tenant's index key `[p, "exp", second, ...rest]`. */
-function indexed(tenantKey: Deno.KvKey): Deno.KvKey {
-  const [prefix, , second, ...rest] = tenantKey;
-  return [...INDEX, second!, prefix!, ...rest];
-}
-
-/** The index key of generation `gen` of a thread, due at `second` (0: dead). */
-function generationKey(
-  keys: KvKeys,
-  second: number,
-  threadId: KeyId,
-  gen: string,
-): Deno.KvKey {
-  return indexed(keys.threadExpiry(second, threadId, gen));
-}
-
-/**
- * Adds to `op` the index entry of generation `gen` expiring at `expiresAt`
- * (0: never), moving the entry it had at `before` (its live head's expiry
- * before this commit; `null` for a new generation). Written only when the
- * second changes, so a thread appended to many times a second stays O(1).
- */
-export function indexGeneration(
-  op: Deno.AtomicOperation,
-  keys: KvKeys,
-  threadId: KeyId,
-  gen: string,
-  before: number | null,
-  expiresAt: number,
-): void {
-  if (expiresAt === 0) return;
-  const second = expirySecond(expiresAt);
-  if (before !== null && before !== 0 && expirySecond(before) === second) {
-    return;
-  }
-  if (before !== null && before !== 0) {
-    op.delete(generationKey(keys, expirySecond(before), threadId, gen));
-  }
-  op.set(generationKey(keys, second, threadId, gen), null);
-}
-
-/**
- * Adds to `op` the mutations that end a thread's generation: its expiry
- * entry goes, and a dead-generation marker holding its length tells the
- * sweep what to reclaim. The caller deletes (or replaces) the head, checks
- * it, and sets the thread counter.
- */
-export function retireGeneration(
-  op: Deno.AtomicOperation,
-  keys: KvKeys,
-  threadId: KeyId,
-  head: ThreadHead,
-): void {
-  if (head.e !== 0) {
-    op.delete(generationKey(keys, expirySecond(head.e), threadId, head.g));
-  }
-  op.set(generationKey(keys, 0, threadId, head.g), head.n);
-}
-
-/**
- * The index entry of a registry pair expiring at `expiresAt`, or `undefined`
- * if it never expires (0). The registry sets it with the pair and deletes it
- * with the pair.
- */
-export function pairIndexKey(
-  keys: KvKeys,
-  chain: KeyId,
-  expiresAt: number,
-): Deno.KvKey | undefined {
-  return expiresAt === 0
-    ? undefined
-    : indexed(keys.pairExpiry(expirySecond(expiresAt), chain));
-}
 
 /** The registry's part of a sweep (`KvRegistry`). */
 export interface DuePairs {
@@ -221,29 +149,6 @@ export interface KvSweepOptions {
   maxEntries?: number;
 }
 
-/** What a sweep may still do, and what it did. */
-interface Budget {
-  /** Index entries it may still list. */
-  entries: number;
-  /** Slots it may still delete. */
-  slots: number;
-  done: { entries: number; threads: number; slots: number };
-}
-
-/** A budget of `entries` index entries and `slots` slots. */
-function budgetOf(entries: number, slots: number): Budget {
-  return { entries, slots, done: { entries: 0, threads: 0, slots: 0 } };
-}
-
-/** A dead generation to reclaim, and its marker in the index. */
-interface DeadGeneration {
-  threadId: KeyId;
-  gen: string;
-  /** Slots below this index may still exist. */
-  length: number;
-  marker: Deno.KvKey;
-}
-
 /** Sweeps the store's expiry index; retires and reclaims threads of its own prefix on demand. */
 export class KvSweeper {
   readonly #own: SweptTenant;
@@ -300,16 +205,11 @@ export class KvSweeper {
   async #anyDue(now: number): Promise<boolean> {
     const { kv } = this.#own.store;
     const [first] = await this.#own.store.retryWhileLocked(() =>
-      Array.fromAsync(kv.list({ start: INDEX, end: this.#dueEnd(now) }, {
+      Array.fromAsync(kv.list({ start: INDEX, end: dueEnd(now) }, {
         limit: 1,
       }))
     );
     return first !== undefined;
-  }
-
-  /** The end of the due entries at `now`: the current second is not over, so its entries wait. */
-  #dueEnd(now: number): Deno.KvKey {
-    return [...INDEX, expirySecond(now)];
   }
 
   /** Resolves when the routine sweep in progress, if any, has ended. */
@@ -355,7 +255,7 @@ export class KvSweeper {
       Array.fromAsync(
         kv.list<number | null>({
           start: INDEX,
-          end: this.#dueEnd(now),
+          end: dueEnd(now),
         }, { limit, batchSize: Math.min(limit, 500) }),
       )
     );
@@ -425,7 +325,7 @@ export class KvSweeper {
     }
     const retired = await this.#retireDue(tenant, expiring, now);
     budget.done.threads += retired.length;
-    await this.#reclaim(tenant, [...retired, ...dead], budget);
+    await reclaimGenerations(tenant, [...retired, ...dead], budget);
     await inParallel(pairs, (entry) => {
       const [, , second, , , chain] = entry.key as [
         true,
@@ -666,149 +566,15 @@ export class KvSweeper {
   /** Reclaims dead generations of this prefix now; on failure their markers stay for a later sweep. */
   async #reclaimQuietly(dead: DeadGeneration[]): Promise<void> {
     try {
-      await this.#reclaim(this.#own, dead, budgetOf(Infinity, Infinity));
+      await reclaimGenerations(
+        this.#own,
+        dead,
+        budgetOf(Infinity, Infinity),
+      );
     } catch {
       // The markers are still there: a later sweep retries.
     }
   }
-
-  /**
-   * The generations of `dead` that may hold large slots: from one listing of
-   * the prefix's blob references when it has few (most prefixes have few
-   * large slots), else all of them (each is then listed on its own).
-   */
-  async #withLargeSlots(
-    store: KvStore,
-    dead: DeadGeneration[],
-  ): Promise<DeadGeneration[]> {
-    if (dead.length <= 1) return dead;
-    const refs = await store.retryWhileLocked(() =>
-      Array.fromAsync(
-        // Every blob reference of the prefix: [p, "blobref"].
-        store.kv.list({ prefix: store.keys.blobRefs("", "").slice(0, 2) }, {
-          limit: LISTING,
-          batchSize: LISTING,
-        }),
-      )
-    );
-    if (refs.length === LISTING) return dead;
-    const holding = new Set(
-      refs.map(({ key }) => `${partText(key[2] as KeyId)}/${key[3] as string}`),
-    );
-    return dead.filter(({ threadId, gen }) =>
-      holding.has(`${partText(store.keys.head(threadId)[2] as KeyId)}/${gen}`)
-    );
-  }
-
-  /**
-   * Reclaims dead generations of one prefix within `budget` (slots): their
-   * large slots' chunks, their slots by index (top down, in commits shared by
-   * many generations; a generation cut by the budget keeps its marker with
-   * the length left), then what else is left under their slots (append
-   * ids), and their markers.
-   */
-  async #reclaim(
-    tenant: SweptTenant,
-    dead: DeadGeneration[],
-    budget: Budget,
-  ): Promise<void> {
-    const { store, blobs } = tenant;
-    const { kv, keys } = store;
-    await inParallel(
-      await this.#withLargeSlots(store, dead),
-      // A hashed id passes through the key builders as it is.
-      ({ threadId, gen }) => blobs.reclaimGeneration(threadId as string, gen),
-    );
-    const done: DeadGeneration[] = [];
-    let op = kv.atomic();
-    let mutations = 0;
-    let bytes = 0;
-    const flush = async () => {
-      if (mutations === 0) return;
-      const full = op;
-      op = kv.atomic();
-      mutations = 0;
-      bytes = 0;
-      await store.retryWhileLocked(() => full.commit());
-    };
-    for (const generation of dead) {
-      const { threadId, gen, marker } = generation;
-      const keyBytes = keys.threadKeyBytes(threadId);
-      let top = generation.length;
-      while (top > 0 && budget.slots > 0) {
-        // Room for the deletes and, if they do not finish it, the marker.
-        const room = Math.min(
-          KV_LIMITS.mutations - 1 - mutations,
-          Math.floor((KV_LIMITS.commitBytes - bytes) / keyBytes) - 2,
-          budget.slots,
-        );
-        if (room <= 0) {
-          await flush();
-          continue;
-        }
-        const bottom = Math.max(0, top - room);
-        for (let index = bottom; index < top; index++) {
-          op.delete(keys.slot(threadId, gen, index));
-        }
-        mutations += top - bottom;
-        bytes += (top - bottom) * keyBytes;
-        budget.slots -= top - bottom;
-        budget.done.slots += top - bottom;
-        top = bottom;
-        if (top > 0) {
-          // Not finished in this commit: the marker says what is left.
-          op.set(marker, top);
-          mutations++;
-          bytes += 2 * keyBytes;
-          await flush();
-        }
-      }
-      if (top > 0) break; // out of budget
-      done.push(generation);
-    }
-    await flush();
-    // What is left under the finished generations' slots (append ids), and
-    // their markers: deleted in shared commits.
-    const leftovers = await inParallel(
-      done,
-      ({ threadId, gen }) => store.listAll(keys.slots(threadId, gen)),
-    );
-    const keysToDelete = [
-      ...leftovers.flat().map((entry) => entry.key),
-      ...done.map(({ marker }) => marker),
-    ];
-    for (
-      const run of batches(
-        keysToDelete,
-        KV_LIMITS.mutations,
-        (key) => keyBytes(key),
-        KV_LIMITS.commitBytes,
-      )
-    ) {
-      const deletes = kv.atomic();
-      for (const key of run) deletes.delete(key);
-      await store.retryWhileLocked(() => deletes.commit());
-    }
-  }
-}
-
-/** Runs `task` on every item, IN_FLIGHT at a time; returns the results in order. */
-async function inParallel<T, R>(
-  items: readonly T[],
-  task: (item: T) => Promise<R>,
-): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  const lane = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await task(items[i]!);
-    }
-  };
-  await Promise.all(
-    Array.from({ length: Math.min(IN_FLIGHT, items.length) }, lane),
-  );
-  return results;
 }
 
 /** Reads `keys` (10 a `getMany`, a few at once), in order. */
@@ -825,24 +591,4 @@ async function getAll(
     (run) => store.retryWhileLocked(() => store.kv.getMany(run)),
   );
   return read.flat();
-}
-
-/** A key part as text, for sets: a hashed id (bytes) in hex. */
-function partText(part: KeyId): string {
-  return typeof part === "string"
-    ? `s${part}`
-    : `b${Array.from(part, (b) => b.toString(16).padStart(2, "0")).join("")}`;
-}
-
-/** An upper bound of the bytes of a key (strings as UTF-8, 3 bytes a unit, and tags). */
-function keyBytes(key: Deno.KvKey): number {
-  let bytes = 0;
-  for (const part of key) {
-    bytes += typeof part === "string"
-      ? part.length * 3 + 2
-      : part instanceof Uint8Array
-      ? part.byteLength * 2 + 2
-      : 10;
-  }
-  return bytes;
 }
