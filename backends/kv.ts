@@ -15,13 +15,14 @@
  * @module
  */
 
-// Owns the KvBackend class (options, open(), the public calls behind #enter, close); never touches a key itself.
+// Owns the KvBackend class (open(), the public calls behind #enter, close); never touches a key itself.
 //
 // The engine lives in rooms beside it: _kv_append_queue.ts (the commit of
 // appends), _kv_blobs.ts (large slots), _kv_reads.ts (reads of threads),
 // _kv_sweep.ts (the expiry index, retiring and reclaiming), _kv_registry.ts
 // (registry pairs), all on _kv_store.ts (the KV and its bounded retries) and
-// _kv_keys.ts (the key layout).
+// _kv_keys.ts (the key layout). The options and their checks are in
+// _kv_options.ts; opening the KV and assembling the rooms, in _kv_open.ts.
 
 import { withTimeout } from "../_async.ts";
 import {
@@ -29,8 +30,7 @@ import {
   resolveConfig,
   type ResolvedConfig,
 } from "../config.ts";
-import { BackendClosedError, BackendError } from "../errors.ts";
-import { describe, errorMessage } from "../_messages.ts";
+import { BackendClosedError } from "../errors.ts";
 import type {
   BackendStats,
   BufferAppendOptions,
@@ -47,21 +47,20 @@ import {
   refreshTtl,
 } from "../_validate.ts";
 import { watchThread } from "../_watch.ts";
-import { KvAppendQueue } from "./_kv_append_queue.ts";
-import { KvBlobStore } from "./_kv_blobs.ts";
-import { KvCommitter } from "./_kv_committer.ts";
-import { HeadCache } from "./_kv_heads.ts";
-import { checkKvPrefix, KvKeys } from "./_kv_keys.ts";
-import { KvReader, SharedRanges } from "./_kv_reads.ts";
-import { KvRegistry } from "./_kv_registry.ts";
-import { KvStore } from "./_kv_store.ts";
+import type { KvAppendQueue } from "./_kv_append_queue.ts";
+import type { KvCommitter } from "./_kv_committer.ts";
+import { checkKvPrefix } from "./_kv_keys.ts";
+import { assembleEngine, type KvEngine, openKv } from "./_kv_open.ts";
 import {
-  KvSweeper,
-  type KvSweepOptions,
-  type KvSweepResult,
-} from "./_kv_sweep.ts";
-import { KvWatchSource, watchModeOf } from "./_kv_watch.ts";
-import { isContention, jitteredDelay, KV_LIMITS } from "./_kv_util.ts";
+  checkOptions,
+  checkSweepOptions,
+  type KvBackendOptions,
+} from "./_kv_options.ts";
+import { type KvReader, SharedRanges } from "./_kv_reads.ts";
+import type { KvRegistry } from "./_kv_registry.ts";
+import type { KvStore } from "./_kv_store.ts";
+import type { KvSweeper, KvSweepOptions, KvSweepResult } from "./_kv_sweep.ts";
+import type { KvWatchSource } from "./_kv_watch.ts";
 
 // The types of this module's API, so that the `./kv` entry point stands alone.
 export type { BackendConfig } from "../config.ts";
@@ -74,111 +73,8 @@ export type {
   SharedBackend,
   WatchedSlot,
 } from "../protocol.ts";
+export type { KvBackendOptions } from "./_kv_options.ts";
 export type { KvSweepOptions, KvSweepResult } from "./_kv_sweep.ts";
-
-/**
- * Options of {@linkcode KvBackend.open} beyond the shared config: tuning that
- * tests and unusual deployments may need.
- *
- * @example
- * ```ts
- * import { KvBackend, type KvBackendOptions } from "@xml-pipeline/shared-backend/kv";
- * import assert from "node:assert/strict";
- *
- * const options: KvBackendOptions = { maxAttempts: 50, uploadTimeoutMs: 30_000 };
- * await using backend = await KvBackend.open({ kvPath: ":memory:" }, options);
- * assert.equal(await backend.ping(), true);
- * ```
- */
-export interface KvBackendOptions {
-  /**
-   * Most checks one atomic commit may hold: 100 on a local file, 10 on a KV
-   * Connect server (`http(s)://` path). Group commits stay within it. A
-   * value above what the store allows is a `RangeError` at open (on a remote
-   * or injected KV, `open` tries one commit of that many checks).
-   *
-   * @default {100 for a file or ":memory:", 10 otherwise (remote, default or injected KV)}
-   */
-  maxChecksPerAtomic?: number;
-  /**
-   * Attempts of one commit that conflicts with other writers before it
-   * gives up with a {@linkcode BackendError}. A conflict means another
-   * writer succeeded, so the next attempt reads again and goes at once. (A
-   * locked database file is retried after a random pause of 0-1 ms,
-   * doubling to at most 10 ms, and a lost connection after at most 50 ms,
-   * until `retryTimeoutMs` of the config.)
-   *
-   * @default {100}
-   */
-  maxAttempts?: number;
-  /**
-   * Whether a commit's answer may be lost, so that a retry must first find
-   * out whether the attempt before it was applied: each group commit then
-   * also rewrites one small record of this backend (its producer id and a
-   * sequence number), and each registry write records itself for
-   * `retryTimeoutMs`. On a local file a commit's outcome is always known.
-   *
-   * @default {false on a file or ":memory:", true otherwise (KV Connect, Deno Deploy, an injected KV)}
-   */
-  idempotentRetries?: boolean;
-  /**
-   * How long a large slot's upload may take. After it, an unpublished upload
-   * (its writer died, say) is reclaimed by the next sweep, and a writer that
-   * took longer gets a {@linkcode BackendError}.
-   *
-   * @default {60000}
-   */
-  uploadTimeoutMs?: number;
-  /**
-   * Whether watches poll the watched heads for appends made by other
-   * processes, which Deno KV's `kv.watch` does not deliver on a local file
-   * (denoland/deno#21640). Same-process appends (other `Deno.Kv`s of the
-   * file, Workers) wake watches through `kv.watch` either way. See
-   * "Watching" in docs/kv.md for the latency and the idle cost.
-   *
-   * @default {true, except on ":memory:" and on Deno Deploy, where kv.watch delivers every write}
-   */
-  watchPolling?: boolean;
-  /**
-   * Whether this backend's calls run the routine sweep that reclaims expired
-   * data of the whole store (when this backend holds the store's sweeper
-   * lease: one backend of a store sweeps at a time). A call that runs it
-   * waits for at most 200 expiry-index entries and 10 000 slots. With
-   * `false`, calls never sweep; run {@linkcode KvBackend.sweep} yourself
-   * (from `Deno.cron`, say).
-   *
-   * @default {true}
-   */
-  sweepOnUse?: boolean;
-  /**
-   * How `bufferListThreads()` and `stats()` read: `"strong"`, or
-   * `"eventual"` (Deno KV's consistency level), which on Deno Deploy reads
-   * the nearest replica: faster and cheaper, but a listing or a count may
-   * miss what was written (created, deleted) in the last moments, typically
-   * well under a second. Appends, the registry and every other read stay
-   * strongly consistent. On a local file both read the same.
-   *
-   * @default {"strong"}
-   */
-  consistency?: "strong" | "eventual";
-  /**
-   * Whether the isolates of this process that open the same KV file with
-   * the same prefix and limits (Workers, the isolates of
-   * `deno serve --parallel`) commit their appends through one of them: they
-   * elect it with a Web Lock (`navigator.locks`) and forward their appends
-   * to it through shared memory (a `SharedArrayBuffer` each, handed over on
-   * a `BroadcastChannel`), so that one group commit carries the appends of
-   * all and nothing fails for contention. Forwarded appends stay
-   * exactly once when the committer closes or dies (its Worker terminated):
-   * another takes over. Only on a file opened by `kvPath` (not
-   * `":memory:"`, KV Connect, the default KV or an injected `kv`); an
-   * isolate alone commits on its own and holds no lock. See "Several
-   * isolates on one KV file" in docs/deploy.md.
-   *
-   * @default {true}
-   */
-  processCommitter?: boolean;
-}
 
 /**
  * A {@linkcode SharedBackend} on Deno KV: one KV file shared by many processes
@@ -307,60 +203,19 @@ export class KvBackend implements SharedBackend {
   /** Calls in progress, which close() waits for. */
   readonly #active = new Set<Promise<unknown>>();
 
-  private constructor(
-    kv: Deno.Kv,
-    config: ResolvedConfig,
-    options: KvBackendOptions,
-  ) {
+  private constructor(engine: KvEngine, config: ResolvedConfig) {
     this.#ownsKv = config.kv === undefined;
     this.#ttlMs = config.ttlMs;
     this.#maxSlotBytes = config.maxSlotBytes;
     this.#retryTimeoutMs = config.retryTimeoutMs;
-    const path = config.kvPath;
-    const local = isLocalPath(path);
-    const store = new KvStore(kv, new KvKeys(config.prefix), {
-      maxChecks: options.maxChecksPerAtomic ??
-        (local ? KV_LIMITS.localChecks : KV_LIMITS.remoteChecks),
-      maxAttempts: options.maxAttempts ?? 100,
-      retryTimeoutMs: config.retryTimeoutMs,
-      idempotentRetries: options.idempotentRetries ?? !local,
-    });
-    this.#store = store;
-    const blobs = new KvBlobStore(store, options.uploadTimeoutMs ?? 60_000);
-    const heads = new HeadCache();
-    this.#consistency = options.consistency ?? "strong";
-    this.#reader = new KvReader(store, blobs, this.#consistency);
-    this.#registry = new KvRegistry(store, config.ttlMs);
-    const uploadTimeoutMs = options.uploadTimeoutMs ?? 60_000;
-    this.#sweeper = new KvSweeper(
-      { store, blobs, pairs: this.#registry },
-      heads,
-      {
-        onUse: options.sweepOnUse ?? true,
-        // Another prefix's blob store and registry, for the sweep only.
-        tenantOf: (other) => ({
-          blobs: new KvBlobStore(other, uploadTimeoutMs),
-          pairs: new KvRegistry(other, config.ttlMs),
-        }),
-      },
-    );
-    this.#watches = new KvWatchSource(
-      store,
-      watchModeOf(path, config.kv !== undefined, options.watchPolling),
-    );
-    this.#appends = new KvAppendQueue(store, blobs, this.#sweeper, heads, {
-      ttlMs: config.ttlMs,
-      maxSlotsPerThread: config.maxSlotsPerThread,
-      maxThreads: config.maxThreads,
-    });
-    this.#committer = config.kv === undefined && path !== undefined &&
-        local && path !== ":memory:" && (options.processCommitter ?? true)
-      ? KvCommitter.join(commitGroup(path, config, store), {
-        store,
-        blobs,
-        queue: this.#appends,
-      })
-      : undefined;
+    this.#store = engine.store;
+    this.#consistency = engine.consistency;
+    this.#reader = engine.reader;
+    this.#registry = engine.registry;
+    this.#sweeper = engine.sweeper;
+    this.#watches = engine.watches;
+    this.#appends = engine.appends;
+    this.#committer = engine.committer;
   }
 
   /**
@@ -393,33 +248,8 @@ export class KvBackend implements SharedBackend {
     const resolved = resolveConfig({ ...config, backendType: "kv" });
     checkOptions(options);
     checkKvPrefix(resolved.prefix);
-    if (resolved.kv !== undefined) {
-      await checkChecksAllowed(resolved.kv, resolved, options);
-      return new KvBackend(resolved.kv, resolved, options);
-    }
-    const path = resolved.kvPath;
-    let kv: Deno.Kv;
-    try {
-      // Opening a file other processes are writing may meet a locked database.
-      for (let attempt = 0;; attempt++) {
-        try {
-          kv = await Deno.openKv(path);
-          break;
-        } catch (error) {
-          if (!isContention(error) || attempt >= 20) throw error;
-          await jitteredDelay(attempt);
-        }
-      }
-    } catch (error) {
-      throw openFailure(path, error);
-    }
-    try {
-      await checkChecksAllowed(kv, resolved, options);
-    } catch (error) {
-      kv.close();
-      throw error;
-    }
-    return new KvBackend(kv, resolved, options);
+    const kv = await openKv(resolved, options);
+    return new KvBackend(assembleEngine(kv, resolved, options), resolved);
   }
 
   // ---------------------------------------------------------------- buffer
@@ -735,15 +565,7 @@ export class KvBackend implements SharedBackend {
    */
   sweep(options: KvSweepOptions = {}): Promise<KvSweepResult> {
     return this.#enter("sweep", async () => {
-      const max = options.maxEntries;
-      if (
-        max !== undefined && max !== Infinity &&
-        (!Number.isSafeInteger(max) || max < 0)
-      ) {
-        throw new RangeError(
-          `Invalid maxEntries: expected a non-negative integer or Infinity, got ${max}`,
-        );
-      }
+      checkSweepOptions(options);
       return await this.#sweeper.sweep(options);
     });
   }
@@ -842,168 +664,5 @@ export class KvBackend implements SharedBackend {
     const forget = () => this.#active.delete(promise);
     promise.then(forget, forget);
     return promise;
-  }
-}
-
-/**
- * The name of the commit group of a backend (see _kv_committer.ts): the
- * isolates of a process share a committer only if it commits their appends
- * exactly as each would (same file, prefix, limits and retries).
- */
-function commitGroup(
-  path: string,
-  config: ResolvedConfig,
-  store: KvStore,
-): string {
-  return `@xml-pipeline/shared-backend kv committer 1 ${
-    JSON.stringify([
-      path,
-      config.prefix,
-      config.ttlMs,
-      config.maxSlotsPerThread,
-      config.maxThreads,
-      config.retryTimeoutMs,
-      store.maxAttempts,
-      store.maxChecks,
-      store.idempotentRetries,
-    ])
-  }`;
-}
-
-/** Whether `path` is a local file (or `":memory:"`), where a commit's outcome is always known. */
-function isLocalPath(path: string | undefined): boolean {
-  return path !== undefined && !/^https?:\/\//i.test(path);
-}
-
-/**
- * Refuses a `maxChecksPerAtomic` above what the store allows: known on a
- * local file; elsewhere (above the 10 every store allows) found by one
- * commit of that many checks of an absent key.
- *
- * @throws {RangeError} The message names `maxChecksPerAtomic`.
- */
-async function checkChecksAllowed(
-  kv: Deno.Kv,
-  config: ResolvedConfig,
-  options: KvBackendOptions,
-): Promise<void> {
-  const checks = options.maxChecksPerAtomic;
-  if (checks === undefined || checks <= KV_LIMITS.remoteChecks) return;
-  const refuse = (why: string) =>
-    new RangeError(
-      `Invalid maxChecksPerAtomic: ${checks} is more checks than this Deno KV allows in one commit (${why})`,
-    );
-  if (config.kv === undefined && isLocalPath(config.kvPath)) {
-    if (checks > KV_LIMITS.localChecks) {
-      throw refuse(`a local file allows ${KV_LIMITS.localChecks}`);
-    }
-    return;
-  }
-  const op = kv.atomic();
-  const key = [config.prefix, "meta", "probe"];
-  for (let i = 0; i < checks; i++) op.check({ key, versionstamp: null });
-  try {
-    await op.commit();
-  } catch (error) {
-    // Other failures show in the first real commit, with their own message.
-    if (/too many checks/i.test(errorMessage(error))) {
-      throw refuse(errorMessage(error));
-    }
-  }
-}
-
-/**
- * Why Deno KV did not open, as a {@linkcode BackendError} that names what to
- * change: the flag when Deno KV is not enabled (`--unstable-kv`) or a
- * permission is missing, the variable when KV Connect has no access token,
- * else the path.
- */
-function openFailure(path: string | undefined, error: unknown): BackendError {
-  const where = path === undefined
-    ? "the default Deno KV"
-    : JSON.stringify(path);
-  const failure = (why: string) =>
-    new BackendError(`Cannot open ${where}: ${why}`, { cause: error });
-  if (typeof Deno.openKv !== "function") {
-    return failure(
-      'Deno KV is not enabled; run Deno with --unstable-kv (or add "unstable": ["kv"] to deno.json)',
-    );
-  }
-  const message = errorMessage(error);
-  // Deno's wording: Requires read access to "state.db", run again with the --allow-read flag
-  const denied = /Requires (read|write|net|env) access to "([^"]+)"/.exec(
-    message,
-  );
-  if (denied !== null) {
-    const [, kind, target] = denied;
-    const flags = kind === "read" || kind === "write"
-      ? `--allow-read=${target} --allow-write=${target}` // a file: both
-      : `--allow-${kind}=${target}`;
-    return failure(
-      `Deno KV needs ${kind} access to "${target}"; run Deno with ${flags}`,
-    );
-  }
-  if (message.includes("DENO_KV_ACCESS_TOKEN")) {
-    return failure(
-      `set DENO_KV_ACCESS_TOKEN to the access token of the KV Connect server (${message})`,
-    );
-  }
-  return failure(`${message}; check kvPath`);
-}
-
-/** Checks the options of {@linkcode KvBackend.open}; the message names the option. */
-function checkOptions(options: KvBackendOptions): void {
-  for (const name of ["maxChecksPerAtomic", "maxAttempts"] as const) {
-    const value = options[name];
-    if (value !== undefined && (!Number.isSafeInteger(value) || value < 1)) {
-      throw new RangeError(
-        `Invalid ${name}: expected an integer >= 1, got ${value}`,
-      );
-    }
-  }
-  if (
-    options.maxChecksPerAtomic !== undefined && options.maxChecksPerAtomic < 2
-  ) {
-    throw new RangeError(
-      `Invalid maxChecksPerAtomic: expected an integer >= 2, got ${options.maxChecksPerAtomic}`,
-    );
-  }
-  const consistency = options.consistency;
-  if (
-    consistency !== undefined && consistency !== "strong" &&
-    consistency !== "eventual"
-  ) {
-    throw new RangeError(
-      `Invalid consistency: expected "strong" or "eventual", got ${
-        describe(consistency)
-      }`,
-    );
-  }
-  for (
-    const name of ["watchPolling", "sweepOnUse", "processCommitter"] as const
-  ) {
-    const value = options[name];
-    if (value !== undefined && typeof value !== "boolean") {
-      throw new TypeError(
-        `Invalid ${name}: expected a boolean, got ${describe(value)}`,
-      );
-    }
-  }
-  if (
-    options.idempotentRetries !== undefined &&
-    typeof options.idempotentRetries !== "boolean"
-  ) {
-    throw new TypeError(
-      `Invalid idempotentRetries: expected a boolean, got ${typeof options
-        .idempotentRetries}`,
-    );
-  }
-  const timeout = options.uploadTimeoutMs;
-  if (
-    timeout !== undefined && (!Number.isSafeInteger(timeout) || timeout < 1)
-  ) {
-    throw new RangeError(
-      `Invalid uploadTimeoutMs: expected an integer >= 1, got ${timeout}`,
-    );
   }
 }
