@@ -20,77 +20,22 @@
 //
 // Replies are integers, bulk strings and arrays of them (nested one level in
 // the append's reply): the same under RESP2 and RESP3.
+//
+// This file holds the buffer's scripts (threads) and registers every script
+// (SCRIPTS, defineScripts); the registry's scripts are in
+// _redis_registry_scripts.ts, and the fragments both use (NOW, OPS) in
+// _redis_lua.ts.
 
 import type { RedisClientLike } from "./_redis_client.ts";
-
-/** Server time in ms, and the expiry `ttl` ms from now (nil when ttl = 0). */
-const NOW = `
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-`;
-
-/**
- * Op records: what makes a retried script call apply once. Each backend
- * instance (a producer, with its own id) numbers its mutations (ops); a
- * mutation script records its reply under the op's number in the producer's
- * hash (T:p:<producer>), in the same atomic step as its writes, and a call
- * whose op is recorded returns the recorded reply instead of running again.
- *
- * The header (one ARGV) is "" (no record: the backend does not retry) or
- * "seq floor keepMs refresh ack ack ...": `seq` the op's number; `floor` the
- * lowest op of the producer still awaiting its outcome (every op below it
- * is settled: answered, or given up); `keepMs` the hash's TTL, set when the
- * hash is new or `refresh` is 1 (the backend asks every few seconds: one
- * command less per op); the acks, ops below the floor whose records are no
- * longer needed (sent in batches). The hash keeps "f" =
- * the highest floor seen: a call of an op below it (a copy that reached the
- * server late, after its op was settled and its record dropped) is stale and
- * does nothing (reply nil). A replayed op still writes "f", so that a WAIT
- * after it waits for what it replays.
- */
-const OPS = `
-local function op_begin(records, header)
-  if header == '' then return nil end
-  local seq, floor, keep, refresh, acks =
-    string.match(header, '^(%d+) (%d+) (%d+) ([01])(.*)$')
-  local got = redis.call('HMGET', records, 'f', seq)
-  local op = { seq = seq, floor = tonumber(floor), keep = keep, acks = acks,
-    refresh = refresh == '1' }
-  local stored = tonumber(got[1])
-  if not stored then
-    op.new = true
-  elseif stored > op.floor then
-    op.floor = stored
-  end
-  if got[2] then
-    op.done = true
-    op.replay = cmsgpack.unpack(got[2])
-  elseif stored and tonumber(seq) < stored then
-    op.done = true
-    op.stale = true
-  end
-  return op
-end
-
-local function op_end(records, op, reply)
-  if not op then return reply end
-  if op.stale then return false end
-  if op.replay then
-    redis.call('HSET', records, 'f', op.floor)
-  else
-    redis.call('HSET', records, op.seq, cmsgpack.pack(reply), 'f', op.floor)
-  end
-  if op.acks ~= '' then
-    local acks = {}
-    for ack in string.gmatch(op.acks, '%d+') do acks[#acks + 1] = ack end
-    redis.call('HDEL', records, unpack(acks))
-  end
-  if op.refresh or op.new then redis.call('PEXPIRE', records, op.keep) end
-  return reply
-end
-`;
+import { NOW, OPS } from "./_redis_lua.ts";
+import {
+  REGISTRY_CLEAR,
+  REGISTRY_DELETE,
+  REGISTRY_LIST,
+  REGISTRY_REFRESH,
+  REGISTRY_SET,
+  REGISTRY_SET_IF_ABSENT,
+} from "./_redis_registry_scripts.ts";
 
 /**
  * Prunes the thread index: entries whose score (a lower bound of the thread's
@@ -550,157 +495,6 @@ for i = 1, #ids do
   slots = slots + redis.call('LLEN', ARGV[1] .. ids[i])
 end
 return { #ids, slots, redis.call('ZCARD', KEYS[2]) }
-`;
-
-/**
- * The registry index's own TTL: it lives as long as its longest-lived pair
- * (backends with another ttlMs may share the prefix, so the last write's
- * expiry is not always the latest), persistent while it holds a persistent
- * pair.
- */
-const SETTLE_REGISTRY = `
-local function settle_registry(index)
-  local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')[2]
-  if not last then return end
-  if last == 'inf' then
-    redis.call('PERSIST', index)
-  else
-    redis.call('PEXPIREAT', index, string.format('%d', tonumber(last)))
-  end
-end
-`;
-
-/** Shared body of registrySet and registrySetIfAbsent: maps ARGV[2] <-> ARGV[3]. */
-const MAP_PAIR = `${NOW}${OPS}${SETTLE_REGISTRY}
-local function map_pair()
-  local ttl = tonumber(ARGV[1])
-  local chain, uuid = ARGV[2], ARGV[3]
-  local old_uuid = redis.call('GET', KEYS[2])
-  if old_uuid and old_uuid ~= uuid then
-    redis.call('DEL', ARGV[5] .. old_uuid)
-    redis.call('ZREM', KEYS[1], old_uuid)
-  end
-  local old_chain = redis.call('GET', KEYS[3])
-  if old_chain and old_chain ~= chain then
-    redis.call('DEL', ARGV[4] .. old_chain)
-  end
-  if ttl > 0 then
-    local expiry = now_ms() + ttl
-    redis.call('SET', KEYS[2], uuid, 'PXAT', expiry)
-    redis.call('SET', KEYS[3], chain, 'PXAT', expiry)
-    redis.call('ZADD', KEYS[1], expiry, uuid)
-  else
-    redis.call('SET', KEYS[2], uuid)
-    redis.call('SET', KEYS[3], chain)
-    redis.call('ZADD', KEYS[1], '+inf', uuid)
-  end
-  settle_registry(KEYS[1])
-end
-`;
-
-/**
- * Maps a chain to a uuid both ways, unmapping their former partners.
- * KEYS[1] the registry index, KEYS[2] the chain's key, KEYS[3] the uuid's
- * key, KEYS[4] the op records; ARGV[1] ttlMs, ARGV[2] chain, ARGV[3] uuid,
- * ARGV[4] the chain key prefix, ARGV[5] the uuid key prefix, ARGV[6] the op
- * header. Returns 1.
- */
-const REGISTRY_SET = `${MAP_PAIR}
-local op = op_begin(KEYS[4], ARGV[6])
-if op and op.done then return op_end(KEYS[4], op, op.replay) end
-map_pair()
-return op_end(KEYS[4], op, 1)
-`;
-
-/**
- * As REGISTRY_SET, only if the chain is unmapped. Returns the uuid the chain
- * maps to afterwards.
- */
-const REGISTRY_SET_IF_ABSENT = `${MAP_PAIR}
-local op = op_begin(KEYS[4], ARGV[6])
-if op and op.done then return op_end(KEYS[4], op, op.replay) end
-local current = redis.call('GET', KEYS[2])
-if current then return op_end(KEYS[4], op, current) end
-map_pair()
-return op_end(KEYS[4], op, ARGV[3])
-`;
-
-/**
- * Refreshes a uuid's pair, both keys and its index entry, as if it had just
- * been written (expiry now + ttlMs, or persistent with ttlMs = 0), in one
- * step. KEYS[1] the registry index, KEYS[2] the uuid's key; ARGV[1] ttlMs,
- * ARGV[2] the chain key prefix, ARGV[3] the uuid. Returns 1 if it was
- * mapped, else 0. (No op record: running it twice refreshes twice.)
- */
-const REGISTRY_REFRESH = `${NOW}${SETTLE_REGISTRY}
-local chain = redis.call('GET', KEYS[2])
-if not chain then return 0 end
-local chain_key = ARGV[2] .. chain
-local ttl = tonumber(ARGV[1])
-if ttl > 0 then
-  local expiry = now_ms() + ttl
-  redis.call('PEXPIREAT', KEYS[2], expiry)
-  redis.call('PEXPIREAT', chain_key, expiry)
-  redis.call('ZADD', KEYS[1], expiry, ARGV[3])
-else
-  redis.call('PERSIST', KEYS[2])
-  redis.call('PERSIST', chain_key)
-  redis.call('ZADD', KEYS[1], '+inf', ARGV[3])
-end
-settle_registry(KEYS[1])
-return 1
-`;
-
-/**
- * Removes a uuid's pair. KEYS[1] the registry index, KEYS[2] the uuid's key,
- * KEYS[3] the op records; ARGV[1] the uuid, ARGV[2] the chain key prefix,
- * ARGV[3] the op header. Returns 1 if it was mapped.
- */
-const REGISTRY_DELETE = `${OPS}${SETTLE_REGISTRY}
-local op = op_begin(KEYS[3], ARGV[3])
-if op and op.done then return op_end(KEYS[3], op, op.replay) end
-local chain = redis.call('GET', KEYS[2])
-if not chain then return op_end(KEYS[3], op, 0) end
-redis.call('DEL', KEYS[2], ARGV[2] .. chain)
-redis.call('ZREM', KEYS[1], ARGV[1])
-settle_registry(KEYS[1])
-return op_end(KEYS[3], op, 1)
-`;
-
-/**
- * Lists the live pairs. KEYS[1] the registry index; ARGV[1] the uuid key
- * prefix. Returns [uuid, chain, uuid, chain, ...].
- */
-const REGISTRY_LIST = `${NOW}
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
-local uuids = redis.call('ZRANGE', KEYS[1], 0, -1)
-local out = {}
-for i = 1, #uuids do
-  local chain = redis.call('GET', ARGV[1] .. uuids[i])
-  if chain then
-    out[#out + 1] = uuids[i]
-    out[#out + 1] = chain
-  end
-end
-return out
-`;
-
-/**
- * Removes every pair of the tenant. KEYS[1] the registry index, KEYS[2] the
- * op records; ARGV[1] the chain key prefix, ARGV[2] the uuid key prefix,
- * ARGV[3] the op header. Returns the pairs removed.
- */
-const REGISTRY_CLEAR = `${OPS}
-local op = op_begin(KEYS[2], ARGV[3])
-if op and op.done then return op_end(KEYS[2], op, op.replay) end
-local uuids = redis.call('ZRANGE', KEYS[1], 0, -1)
-for i = 1, #uuids do
-  local chain = redis.call('GET', ARGV[2] .. uuids[i])
-  if chain then redis.call('DEL', ARGV[1] .. chain) end
-  redis.call('DEL', ARGV[2] .. uuids[i])
-end
-redis.call('DEL', KEYS[1])
-return op_end(KEYS[2], op, #uuids)
 `;
 
 /** An argument of a script call. */
