@@ -20,12 +20,9 @@
 // solo member that hears "hello" requests the lock, as does one that hears a
 // leader announce its term. The holder announces its term (with its
 // doorbell) when granted the lock and when it hears "hello"; a waiting member
-// then joins the term with a pair link of its own (_kv_pair.ts: shared memory
-// for its appends and their answers), which the leader drains right before
-// each batch, or when the member rings its doorbell while it has nothing to
-// commit. The holder gives the lock up (resigns) when nobody waits for it
-// (checked every second, with an unref'd timer) and when its backend closes:
-// it commits and answers what it took, and leaves the rest in the links.
+// then joins the term with a pair link of its own (_kv_pair.ts), which the
+// term drains (_kv_leader_term.ts: the leader's side). The holder gives the
+// lock up (resigns) when nobody waits for it and when its backend closes.
 // When its isolate dies (a terminated Worker), Deno releases the lock.
 // Either way the first member waiting is granted the lock and leads a new
 // term. BroadcastChannels are unref'd and Atomics.waitAsync keeps nothing
@@ -49,11 +46,12 @@
 
 import { BroadcastChannel } from "node:worker_threads";
 import { copyBytes } from "../_bytes.ts";
-import { BackendError, SlotLimitError, ThreadLimitError } from "../errors.ts";
+import { BackendError } from "../errors.ts";
 import { errorMessage } from "../_messages.ts";
 import type { KvAppendQueue } from "./_kv_append_queue.ts";
 import type { KvBlobStore, Upload } from "./_kv_blobs.ts";
 import { CHUNK_BYTES } from "./_kv_keys.ts";
+import { LeaderTerm, revive } from "./_kv_leader_term.ts";
 import {
   type Answer,
   Doorbell,
@@ -61,11 +59,9 @@ import {
   PairLink,
 } from "./_kv_pair.ts";
 import type { KvStore } from "./_kv_store.ts";
-import { appliedByTerm, TermEndedError } from "./_kv_terms.ts";
+import { appliedByTerm } from "./_kv_terms.ts";
 import { newId } from "./_kv_util.ts";
 
-/** How often a leader checks whether any member still waits for its lock. */
-const ALONE_CHECK_MS = 1_000;
 /** How long a member with unanswered forwards waits before asking who leads. */
 const STALL_MS = 500;
 
@@ -105,26 +101,6 @@ interface Forward {
   term: string | undefined;
   /** The last log number of that term seen before it was sent. */
   logFrom: number;
-}
-
-/** This member's term while it leads. */
-interface Leading {
-  id: string;
-  /** Rung by members that forward while the leader has nothing to commit. */
-  bell: Doorbell;
-  /** The links of the members that joined the term, by member. */
-  links: Map<string, PairLink>;
-  /** Forwarded appends queued and not settled yet. */
-  served: number;
-  /** Resolved when `served` drops to 0 while resigning. */
-  drained: PromiseWithResolvers<void> | undefined;
-  resigning: boolean;
-  /** Resolved to end the term: the lock is released. */
-  ended: PromiseWithResolvers<void>;
-  aloneCheck: ReturnType<typeof setInterval> | undefined;
-  /** Links with answers queued since the last flush. */
-  answered: Set<PairLink>;
-  answering: boolean;
 }
 
 /** While waiting: the announced leader. */
@@ -173,7 +149,7 @@ export class KvCommitter {
   readonly #id = newId();
   readonly #channel: Channel;
   #lock: LockRequest | undefined;
-  #term: Leading | undefined;
+  #term: LeaderTerm | undefined;
   #leader: Leader | undefined;
   /** Appends to forward (or, once this member commits, to commit), in order. */
   #outbox: Forward[] = [];
@@ -334,7 +310,7 @@ export class KvCommitter {
         return;
       case "join":
         if (this.#term?.id === message.term && !this.#term.resigning) {
-          this.#welcome(this.#term, message.from, message.link);
+          this.#term.welcome(message.from, message.link);
         }
         return;
     }
@@ -607,149 +583,33 @@ export class KvCommitter {
   /** Runs while this member holds the lock: one term. */
   async #lead(): Promise<void> {
     if (this.#closing) return;
-    const id = newId();
-    const term: Leading = {
-      id,
-      bell: new Doorbell(),
-      links: new Map(),
-      served: 0,
-      drained: undefined,
-      resigning: false,
-      ended: Promise.withResolvers<void>(),
-      aloneCheck: undefined,
-      answered: new Set(),
-      answering: false,
-    };
+    const term = new LeaderTerm({
+      store: this.#store,
+      queue: this.#queue,
+      othersWait: async () => {
+        const { pending = [] } = await this.#locks.query();
+        return pending.some((l) => l.name === this.#name);
+      },
+      resign: (rejoin) => this.#resign(rejoin),
+    });
     this.#term = term;
-    this.#queue.startTerm(id);
-    this.#queue.beforeEachBatch(() => this.#drain(term));
+    term.open();
     this.#leaveLeader();
     // What earlier terms left unanswered: found in their logs, or committed here.
     if (this.#sent.size > 0) this.#recover([...this.#sent.values()]);
     this.#announce(term);
     this.#schedulePump();
-    term.aloneCheck = setInterval(() => this.#checkAlone(term), ALONE_CHECK_MS);
-    Deno.unrefTimer(term.aloneCheck);
-    void this.#waitForForwards(term);
-    await term.ended.promise;
+    term.watch();
+    await term.ended;
   }
 
-  #announce(term: Leading): void {
+  #announce(term: LeaderTerm): void {
     this.#post({
       k: "leader",
       term: term.id,
       log: this.#queue.termApplied,
       bell: term.bell.memory,
     });
-  }
-
-  /** Takes a member's link into the term and welcomes it. */
-  #welcome(term: Leading, member: string, memory: SharedArrayBuffer): void {
-    let link = term.links.get(member);
-    if (link?.memory !== memory) {
-      link = new PairLink(memory);
-      term.links.set(member, link);
-    }
-    link.answer({ k: "welcome" });
-    link.flush();
-  }
-
-  /**
-   * While the queue has nothing to commit, waits for a member to ring, then
-   * drains: the queue drains by itself before each batch while it commits.
-   */
-  async #waitForForwards(term: Leading): Promise<void> {
-    while (this.#term === term && !term.resigning) {
-      await this.#queue.idle();
-      if (this.#term !== term || term.resigning) return;
-      await term.bell.wait(() => {
-        for (const link of term.links.values()) {
-          if (link.appendsReady) return true;
-        }
-        return false;
-      });
-      if (this.#term !== term || term.resigning) return;
-      this.#drain(term);
-    }
-  }
-
-  /** Queues what the members forwarded since the last drain, and writes answers held back. */
-  #drain(term: Leading): void {
-    if (this.#term !== term || term.resigning) return;
-    for (const [member, link] of term.links) {
-      if (link.memberLeft) {
-        term.links.delete(member);
-        continue;
-      }
-      link.flush();
-      for (const item of link.take()) this.#serve(term, link, member, item);
-    }
-  }
-
-  #serve(
-    term: Leading,
-    link: PairLink,
-    from: string,
-    item: ForwardedAppend,
-  ): void {
-    const { seq, threadId, appendId, value } = item;
-    term.served++;
-    this.#queue.commit(
-      threadId,
-      value instanceof Uint8Array ? value : {
-        ref: { u: value.u, n: value.n, c: value.c },
-        key: this.#store.keys.upload(threadId, value.u),
-        versionstamp: value.versionstamp,
-      },
-      appendId,
-      (index) => {
-        this.#answer(term, link, { k: "ok", seq, index });
-        this.#served(term);
-      },
-      (error) => {
-        this.#answer(term, link, wire(error, seq));
-        this.#served(term);
-        if (error instanceof TermEndedError) void this.#resign(true);
-      },
-      { from, seq },
-    );
-  }
-
-  #served(term: Leading): void {
-    if (--term.served === 0) term.drained?.resolve();
-  }
-
-  #answer(term: Leading, link: PairLink, answer: Answer): void {
-    link.answer(answer);
-    term.answered.add(link);
-    if (term.answering) return;
-    term.answering = true;
-    // What a commit settles goes out together, with the term's log number.
-    queueMicrotask(() => this.#sendAnswers(term));
-  }
-
-  #sendAnswers(term: Leading): void {
-    if (!term.answering) return;
-    term.answering = false;
-    const log = this.#queue.termApplied;
-    for (const link of term.answered) {
-      link.answer({ k: "log", log });
-      link.flush();
-    }
-    term.answered.clear();
-  }
-
-  async #checkAlone(term: Leading): Promise<void> {
-    try {
-      const { pending = [] } = await this.#locks.query();
-      if (
-        this.#term === term && !pending.some((l) => l.name === this.#name)
-      ) {
-        await this.#resign();
-      }
-    } catch {
-      // Checked again in a second.
-    }
   }
 
   /**
@@ -761,20 +621,11 @@ export class KvCommitter {
   async #resign(rejoin = false): Promise<void> {
     const term = this.#term;
     if (term === undefined || term.resigning) return;
-    term.resigning = true;
-    clearInterval(term.aloneCheck);
-    if (term.served > 0) {
-      term.drained = Promise.withResolvers<void>();
-      await term.drained.promise;
-    }
-    this.#sendAnswers(term);
-    this.#queue.endTerm();
-    for (const link of term.links.values()) link.leaveAsLeader();
-    term.links.clear();
-    term.bell.end();
+    const settling = term.resign();
+    if (settling !== undefined) await settling;
+    term.end();
     this.#term = undefined;
     const lock = this.#lock;
-    term.ended.resolve();
     await lock?.done;
     if (rejoin) this.#requestLock();
   }
@@ -794,31 +645,4 @@ function forwarded(forward: Forward): ForwardedAppend {
       versionstamp: value.versionstamp,
     },
   };
-}
-
-/** A forwarded append's error, for its sender. */
-function wire(error: unknown, seq: number): Answer {
-  if (error instanceof TermEndedError) return { k: "moved", seq };
-  if (error instanceof SlotLimitError) {
-    return { k: "slots", seq, limit: error.limit };
-  }
-  if (error instanceof ThreadLimitError) {
-    return { k: "threads", seq, limit: error.limit };
-  }
-  return { k: "backend", seq, message: errorMessage(error) };
-}
-
-/** The error a forwarded append's caller gets, as the committer's queue threw it. */
-function revive(
-  answer: Extract<Answer, { k: "slots" | "threads" | "backend" }>,
-  threadId: string,
-): Error {
-  switch (answer.k) {
-    case "slots":
-      return new SlotLimitError(threadId, answer.limit);
-    case "threads":
-      return new ThreadLimitError(threadId, answer.limit);
-    case "backend":
-      return new BackendError(answer.message);
-  }
 }
