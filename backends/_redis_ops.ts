@@ -4,7 +4,7 @@
 //
 // A RedisOps belongs to one backend instance, a producer with a random id:
 // it numbers the backend's mutations (ops) and writes the header that each
-// mutation script records its reply under (see OPS in _redis_scripts.ts),
+// mutation script records its reply under (see OPS in _redis_lua.ts),
 // with the floor (the lowest op still awaiting its outcome) and the acks
 // (settled ops whose records may go); it sends a call again after a failure
 // that a retry can fix, until the call's deadline (`retryTimeoutMs`), waking
@@ -135,7 +135,7 @@ export class RedisOps {
     return seq;
   }
 
-  /** The header of an attempt of op `seq` (see OPS in _redis_scripts.ts). */
+  /** The header of an attempt of op `seq` (see OPS in _redis_lua.ts). */
   header(seq: number): string {
     if (seq === 0) return "";
     let floor = this.#nextSeq;
