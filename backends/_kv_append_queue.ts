@@ -1,24 +1,12 @@
-// Owns the commit of appends (queue, batches, plans, append ids, retries that never apply twice); never writes a slot in a commit that does not check its thread's head.
+// Owns the commit of appends (the queue, the attempts of each batch, the committer's term, retries that never apply twice); never writes a slot in a commit that does not check its thread's head.
 //
 // Appends made concurrently in one isolate wait in a queue while a commit is
 // in flight; the next commit takes as many of them as the atomic limits
-// allow (checks, 1000 mutations, 800 KiB, 80 KiB of set keys), over one
-// thread or many. Each commit checks the versionstamp of every head it
-// relies on (and of the thread counter when it creates or refuses threads),
-// so across isolates and processes the indexes of a thread are exactly
-// `0..n-1`. Heads are cached between commits (_kv_heads.ts): a lone writer
-// commits without reading. Each caller gets its own index or its own error.
-//
-// Append ids: an append with an `appendId` records it beside its
-// generation's slots (`[p, "slot", threadId, gen, appendId]` = index) in the
-// same commit as the slot, which also checks that the id is absent (no read
-// first). If that commit fails, the next attempt reads the batch's ids
-// together with their thread's head in one `getMany` (a consistent
-// snapshot): an id found returns its index and stores nothing. Every commit
-// that records an id rewrites its thread's head, so of two processes racing
-// with one id, one commit stores the slot and the other, planned again,
-// finds the id. A thread's ids go with its generation (deletion, expiry,
-// clear).
+// allow, over one thread or many, planned (_kv_append_plan.ts, which also
+// says how append ids are recorded) from a snapshot of their heads
+// (_kv_append_snapshot.ts: heads are cached between commits, so a lone
+// writer commits without reading). Each caller gets its own index or its
+// own error.
 //
 // Forwarded appends: a queue that is its process's committer for the file
 // (_kv_committer.ts) also takes appends other isolates forward to it
@@ -38,120 +26,28 @@
 // cost is one small record per backend, nothing per slot.
 
 import { copyBytes } from "../_bytes.ts";
-import { BackendError, SlotLimitError, ThreadLimitError } from "../errors.ts";
+import { BackendError } from "../errors.ts";
 import { errorMessage } from "../_messages.ts";
+import {
+  type AppendLimits,
+  type Origin,
+  type PendingAppend,
+  type Plan,
+  planCommit,
+  type Snapshot,
+  takeBatch,
+  type Term,
+} from "./_kv_append_plan.ts";
+import { SnapshotReader } from "./_kv_append_snapshot.ts";
 import type { KvBlobStore, Upload } from "./_kv_blobs.ts";
-import {
-  type CachedCount,
-  type CachedHead,
-  type HeadCache,
-  headIsLive,
-} from "./_kv_heads.ts";
-import {
-  type BlobRef,
-  CHUNK_BYTES,
-  expiryFrom,
-  idPart,
-  type ThreadHead,
-} from "./_kv_keys.ts";
+import type { HeadCache } from "./_kv_heads.ts";
+import { CHUNK_BYTES } from "./_kv_keys.ts";
 import type { KvStore } from "./_kv_store.ts";
-import {
-  FENCED,
-  type ForwardLog,
-  TermEndedError,
-  writeTermCommit,
-} from "./_kv_terms.ts";
-import {
-  indexGeneration,
-  type KvSweeper,
-  retireGeneration,
-} from "./_kv_sweep.ts";
-import { isTransient, KV_LIMITS, newId, RetryPacer } from "./_kv_util.ts";
+import { FENCED, TermEndedError } from "./_kv_terms.ts";
+import type { KvSweeper } from "./_kv_sweep.ts";
+import { isTransient, RetryPacer } from "./_kv_util.ts";
 
-/** What a group commit is planned from. */
-interface Snapshot {
-  heads: Map<string, CachedHead>;
-  count: CachedCount;
-  /**
-   * By thread: the append ids of the batch already recorded in its live
-   * generation, with their indexes; `undefined` when not read (the commit
-   * then checks that each id it records is absent).
-   */
-  applied: Map<string, Map<string, number>> | undefined;
-  /** This backend's producer record, when read (after an attempt whose outcome is unknown). */
-  producer: Deno.KvEntryMaybe<number> | undefined;
-  /** The committer term's record, when read (after a failed commit of forwarded appends). */
-  term: Deno.KvEntryMaybe<number> | undefined;
-}
-
-/** One append waiting in the queue. */
-interface PendingAppend {
-  threadId: string;
-  /** The slot itself (a copy), or the reference to its uploaded chunks. */
-  value: Uint8Array | BlobRef;
-  /** For a large slot: its upload, checked and deleted on publish. */
-  upload: Upload | undefined;
-  appendId: string | undefined;
-  /** For an append forwarded by another isolate: who sent it (its outcome goes in the commit's log). */
-  origin: Origin | undefined;
-  /** Estimated bytes this append adds to a commit (keys and values). */
-  bytes: number;
-  /** Most bytes of one of the thread's keys. */
-  keyBytes: number;
-  /** Bytes of its append id's key, or 0. */
-  idKeyBytes: number;
-  resolve: (index: number) => void;
-  reject: (error: unknown) => void;
-}
-
-/** One planned attempt of a group commit. */
-interface Plan {
-  op: Deno.AtomicOperation;
-  /** Its sequence number, in the producer record when `idempotentRetries`. */
-  seq: number;
-  /** Threads it refused for `maxThreads`. */
-  overflow: number;
-  /** Checks its commit holds. */
-  checks: number;
-  /** Whether it commits forwarded appends (and checks the term record). */
-  forwarded: boolean;
-  /** Settles its callers once it is known to be applied, as `versionstamp`. */
-  settle: (versionstamp: string) => void;
-}
-
-/**
- * Where a forwarded append comes from: the member of the process's commit
- * group that sent it, and its sequence number there (see _kv_committer.ts).
- */
-export interface Origin {
-  from: string;
-  seq: number;
-}
-
-/**
- * This queue's term as its process's committer: forwarded appends are
- * committed only in a term, and each such commit checks and rewrites the
- * term record `[p, "producer", id]` and writes the outcomes of its
- * forwarded appends to `[p, "op", id, seq]` (see _kv_terms.ts).
- */
-interface Term {
-  id: string;
-  /** The term record's versionstamp as of this term's last commit. */
-  versionstamp: string | null;
-  /** The last sequence number of this term's commits. */
-  seq: number;
-  /** The sequence number of the last commit of the term that was applied. */
-  applied: number;
-  /** Whether another member fenced the term: it commits no forwarded append any more. */
-  fenced: boolean;
-}
-
-/** The limits an append is planned against. */
-export interface AppendLimits {
-  ttlMs: number;
-  maxSlotsPerThread: number;
-  maxThreads: number;
-}
+export type { AppendLimits, Origin } from "./_kv_append_plan.ts";
 
 /** The group-commit queue of one backend's appends. */
 export class KvAppendQueue {
@@ -160,6 +56,7 @@ export class KvAppendQueue {
   readonly #sweeper: KvSweeper;
   readonly #heads: HeadCache;
   readonly #options: AppendLimits;
+  readonly #snapshots: SnapshotReader;
   #queue: PendingAppend[] = [];
   #flushing: Promise<void> | undefined;
   /** Discards of uploads that an applied append id made unneeded. */
@@ -186,6 +83,7 @@ export class KvAppendQueue {
     this.#sweeper = sweeper;
     this.#heads = heads;
     this.#options = options;
+    this.#snapshots = new SnapshotReader(store, heads);
   }
 
   /**
@@ -330,7 +228,12 @@ export class KvAppendQueue {
       // A committer's forwarded appends join the queue right before a batch.
       this.#beforeBatch?.();
       if (this.#queue.length === 0) return;
-      const batch = this.#takeBatch();
+      const { taken: batch, left } = takeBatch(this.#queue, {
+        store: this.#store,
+        heads: this.#heads,
+        inTerm: this.#term !== undefined,
+      });
+      this.#queue = left;
       try {
         await this.#commitBatch(batch);
       } catch (error) {
@@ -338,87 +241,6 @@ export class KvAppendQueue {
         for (const item of batch) item.reject(error);
       }
     }
-  }
-
-  /**
-   * Takes the queued appends that fit in one atomic commit: in queue order,
-   * except that when the checks run out, the appends of threads not in the
-   * commit yet wait for the next one while those of threads in it still
-   * join (a thread's appends keep their order: once one of its appends
-   * waits, so do its later ones). So 256 appends over 100 threads take two
-   * commits, not three.
-   */
-  #takeBatch(): PendingAppend[] {
-    // Reserve one check and a few mutations for the thread counter, one of
-    // each for the producer record, and in a term one check and two
-    // mutations for the term record and log.
-    const producer = this.#store.idempotentRetries ? 1 : 0;
-    const term = this.#term === undefined ? 0 : 1;
-    let checks = 1 + producer + term;
-    let mutations = 1 + producer + 2 * term;
-    let bytes = 256 + 128 * producer + 512 * term;
-    let setKeys = 64 + 64 * producer + 128 * term;
-    const threads = new Set<string>();
-    /** Threads whose next append waits: their later ones wait too. */
-    const waiting = new Set<string>();
-    const taken: PendingAppend[] = [];
-    const left: PendingAppend[] = [];
-    let full = false;
-    for (const item of this.#queue) {
-      if (full || waiting.has(item.threadId)) {
-        left.push(item);
-        continue;
-      }
-      const isNew = !threads.has(item.threadId);
-      const hasId = item.appendId === undefined ? 0 : 1;
-      // An append id is checked absent when recorded, unless this isolate
-      // knows the generation's ids (or that there is none yet).
-      const idCheck = hasId && this.#mustCheckIds(item.threadId) ? 1 : 0;
-      const addChecks = (isNew ? 1 : 0) + (item.upload ? 1 : 0) + idCheck;
-      // A new thread in the batch: head, expiry entry and its old one, a dead-generation marker.
-      const addMutations = 1 + (isNew ? 4 : 0) + (item.upload ? 2 : 0) +
-        hasId;
-      // Keys of sets: the slot, a blobref, an append id; for a new thread
-      // its head, expiry entry and dead-generation marker. They count
-      // against their own 80 KiB limit, and twice in the commit's bytes
-      // (with the check keys).
-      const addSetKeys = item.keyBytes *
-          (1 + (item.upload ? 1 : 0) + (isNew ? 3 : 0)) + item.idKeyBytes;
-      const addBytes = item.bytes + (isNew ? 4 * (item.keyBytes + 64) : 0) +
-        addSetKeys + (addChecks - idCheck) * item.keyBytes +
-        idCheck * item.idKeyBytes;
-      if (taken.length > 0) {
-        if (
-          mutations + addMutations > KV_LIMITS.mutations ||
-          bytes + addBytes > KV_LIMITS.commitBytes ||
-          setKeys + addSetKeys > KV_LIMITS.setKeyBytes
-        ) {
-          full = true;
-          left.push(item);
-          continue;
-        }
-        if (checks + addChecks > this.#store.maxChecks) {
-          waiting.add(item.threadId);
-          left.push(item);
-          continue;
-        }
-      }
-      checks += addChecks;
-      mutations += addMutations;
-      bytes += addBytes;
-      setKeys += addSetKeys;
-      threads.add(item.threadId);
-      taken.push(item);
-    }
-    this.#queue = left;
-    return taken;
-  }
-
-  /** Whether recording an append id in the thread would need a check (see #plan). */
-  #mustCheckIds(threadId: string): boolean {
-    const cached = this.#heads.get(threadId);
-    return cached === undefined ||
-      (cached.head !== null && cached.ids === undefined);
   }
 
   /**
@@ -446,11 +268,11 @@ export class KvAppendQueue {
       try {
         pending = this.#refuseOutsideTerm(pending);
         if (pending.size === 0) return;
-        const snapshot = await this.#load(
+        const snapshot = await this.#snapshots.read(
           pending,
           uncertain.size > 0,
           readIds,
-          readTerm,
+          readTerm ? this.#term?.id : undefined,
         );
         if (snapshot.term !== undefined) {
           readTerm = false;
@@ -649,341 +471,30 @@ export class KvAppendQueue {
     for (const threadId of threadIds) this.#heads.forget(threadId);
   }
 
-  /**
-   * What a batch is planned from: the heads of its threads and the thread
-   * counter (from the cache, reading what it lacks), when asked the append
-   * ids of the batch already recorded (read with their head), and, when
-   * asked, this backend's producer record. A snapshot, so that other calls of this
-   * isolate changing the cache meanwhile cannot disturb the plan.
-   */
-  async #load(
-    pending: Map<string, PendingAppend[]>,
-    readProducer: boolean,
-    readIds: boolean,
-    readTerm: boolean,
-  ): Promise<Snapshot> {
-    const { keys } = this.#store;
-    const heads = new Map<string, CachedHead>();
-    const missing: string[] = [];
-    for (const id of pending.keys()) {
-      const cached = this.#heads.get(id);
-      if (cached === undefined) missing.push(id);
-      else heads.set(id, cached);
-    }
-    let count = this.#heads.count;
-    const toRead: Deno.KvKey[] = missing.map((id) => keys.head(id));
-    const countAt = count === undefined ? toRead.push(keys.threadCount()) : 0;
-    const producerAt = readProducer
-      ? toRead.push(keys.producer(this.#store.producerId))
-      : 0;
-    const termAt = readTerm && this.#term !== undefined
-      ? toRead.push(keys.producer(this.#term.id))
-      : 0;
-    const entries = await this.#getMany(toRead);
-    this.#heads.makeRoom(missing.length);
-    missing.forEach((id, i) => this.#remember(heads, id, entries[i]!));
-    if (countAt > 0) {
-      const entry = entries[countAt - 1]!;
-      count = {
-        versionstamp: entry.versionstamp,
-        value: (entry.value as number | null) ?? 0,
-      };
-      this.#heads.count = count;
-    }
-    const producer = producerAt > 0
-      ? entries[producerAt - 1] as Deno.KvEntryMaybe<number>
-      : undefined;
-    const term = termAt > 0
-      ? entries[termAt - 1] as Deno.KvEntryMaybe<number>
-      : undefined;
-    if (!readIds) {
-      return { heads, count: count!, applied: undefined, producer, term };
-    }
-    const applied = new Map<string, Map<string, number>>();
-    await Promise.all(
-      [...pending].map(async ([threadId, items]) => {
-        const ids = new Set<string>();
-        for (const item of items) {
-          if (item.appendId !== undefined) ids.add(item.appendId);
-        }
-        if (ids.size === 0) return;
-        const found = await this.#readAppendIds(heads, threadId, [...ids]);
-        if (found !== undefined) applied.set(threadId, found);
-      }),
-    );
-    return { heads, count: count!, applied, producer, term };
-  }
-
-  /**
-   * The append ids of `ids` recorded in the live generation of a thread,
-   * with their indexes, each `getMany` also reading the head: the snapshot
-   * the plan checks. `undefined` if the thread is not live (a new
-   * generation records ids anew).
-   */
-  async #readAppendIds(
-    heads: Map<string, CachedHead>,
-    threadId: string,
-    ids: string[],
-  ): Promise<Map<string, number> | undefined> {
-    const { keys } = this.#store;
-    const perRead = KV_LIMITS.getMany - 1;
-    for (let round = 0;; round++) {
-      const head = heads.get(threadId)!.head;
-      if (head === null || !headIsLive(head, Date.now())) return undefined;
-      const reads: Promise<Deno.KvEntryMaybe<unknown>[]>[] = [];
-      for (let i = 0; i < ids.length; i += perRead) {
-        reads.push(
-          this.#store.kv.getMany([
-            keys.head(threadId),
-            ...ids.slice(i, i + perRead).map((id) =>
-              keys.appendId(threadId, head.g, id)
-            ),
-          ]),
-        );
-      }
-      const results = await Promise.all(reads);
-      const read = results[0]![0]!;
-      this.#remember(heads, threadId, read);
-      const consistent = results.every((r) =>
-        r[0]!.versionstamp === read.versionstamp
-      );
-      if (consistent && (read.value as ThreadHead | null)?.g === head.g) {
-        const found = new Map<string, number>();
-        results.forEach((entries, r) =>
-          entries.slice(1).forEach((entry, j) => {
-            if (entry.value !== null) {
-              found.set(ids[r * perRead + j]!, entry.value as number);
-            }
-          })
-        );
-        return found;
-      }
-      // A commit landed between the reads, or the generation changed.
-      if (round >= this.#store.maxAttempts) {
-        throw new BackendError(
-          `Cannot append to thread ${
-            JSON.stringify(threadId)
-          }: its head kept changing while its append ids were read`,
-        );
-      }
-    }
-  }
-
-  /** Takes `entry` as the head of `threadId` in the snapshot and the cache. */
-  #remember(
-    heads: Map<string, CachedHead>,
-    threadId: string,
-    entry: Deno.KvEntryMaybe<unknown>,
-  ): void {
-    const cached = {
-      versionstamp: entry.versionstamp,
-      head: entry.value as ThreadHead | null,
-    };
-    heads.set(threadId, cached);
-    this.#heads.set(threadId, cached);
-  }
-
-  async #getMany(keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<unknown>[]> {
-    if (keys.length === 0) return [];
-    const reads: Promise<Deno.KvEntryMaybe<unknown>[]>[] = [];
-    for (let i = 0; i < keys.length; i += KV_LIMITS.getMany) {
-      reads.push(this.#store.kv.getMany(keys.slice(i, i + KV_LIMITS.getMany)));
-    }
-    return (await Promise.all(reads)).flat();
-  }
-
-  /**
-   * Plans one group commit from a snapshot: which callers get which index,
-   * which get the index of their append id, which get a limit error, and the
-   * atomic operation that makes it so (it checks every head it relies on,
-   * the counter when threads are created or refused, the producer record
-   * when `idempotentRetries`, and with forwarded appends the term record,
-   * and writes their outcomes to the term's log).
-   */
+  /** Plans one attempt of a group commit (see planCommit) under the next sequence number. */
   #plan(
     pending: Map<string, PendingAppend[]>,
     snapshot: Snapshot,
     now: number,
   ): Plan {
-    const { kv, keys } = this.#store;
-    const { maxThreads, maxSlotsPerThread, ttlMs } = this.#options;
-    const op = kv.atomic();
-    const seq = ++this.#seq;
-    let checks = 0;
-    if (this.#store.idempotentRetries) {
-      const key = keys.producer(this.#store.producerId);
-      checks++;
-      op.check({ key, versionstamp: this.#producerVersionstamp });
-      op.set(key, seq, { expireIn: this.#store.recordExpireIn });
-    }
-    const count = snapshot.count;
-    const outcomes: [PendingAppend, number | Error][] = [];
-    /** Uploads of appends whose id was already applied: never published. */
-    const unneeded: PendingAppend[] = [];
-    /** Heads written, with the ids known of their generation and the ids recorded. */
-    const newHeads: [
-      string,
-      ThreadHead,
-      CachedHead,
-      boolean,
-      Map<string, number>,
-    ][] = [];
-    let created = 0;
-    let overflow = 0;
-    let counterChecked = false;
-    const expiresAt = expiryFrom(now, ttlMs);
-    for (const [threadId, items] of pending) {
-      const cached = snapshot.heads.get(threadId)!;
-      const old = cached.head;
-      checks++;
-      op.check({ key: keys.head(threadId), versionstamp: cached.versionstamp });
-      const live = old !== null && headIsLive(old, now);
-      if (!live && old === null) {
-        // Creates a thread: needs room under maxThreads.
-        counterChecked = true;
-        if (count.value + created >= maxThreads) {
-          overflow++;
-          for (const item of items) {
-            outcomes.push([item, new ThreadLimitError(threadId, maxThreads)]);
-          }
-          continue;
-        }
-        created++;
-      }
-      const gen = live ? old.g : newId();
-      let length = live ? old.n : 0;
-      const applied = live ? snapshot.applied?.get(threadId) : undefined;
-      /** Every id of the generation, when this isolate wrote all of them. */
-      const known = live ? cached.ids : undefined;
-      /** Whether each id recorded must be checked absent (ids not read nor known). */
-      const checkIds = live && snapshot.applied === undefined &&
-        known === undefined;
-      /** Append ids given an index by this plan. */
-      const recorded = new Map<string, number>();
-      for (const item of items) {
-        const appendId = item.appendId;
-        if (appendId !== undefined) {
-          // Already applied: its index, whatever the limits say now.
-          const index = known?.get(appendId) ?? applied?.get(appendId) ??
-            recorded.get(appendId);
-          if (index !== undefined) {
-            outcomes.push([item, index]);
-            if (item.upload) unneeded.push(item);
-            continue;
-          }
-        }
-        if (length >= maxSlotsPerThread) {
-          outcomes.push([
-            item,
-            new SlotLimitError(threadId, maxSlotsPerThread),
-          ]);
-          continue;
-        }
-        const index = length++;
-        if (item.upload) {
-          checks++;
-          this.#blobs.publish(op, threadId, gen, item.upload);
-        }
-        op.set(keys.slot(threadId, gen, index), item.value);
-        if (appendId !== undefined) {
-          const key = keys.appendId(threadId, gen, appendId);
-          if (checkIds) {
-            checks++;
-            op.check({ key, versionstamp: null });
-          }
-          op.set(key, index);
-          recorded.set(appendId, index);
-        }
-        outcomes.push([item, index]);
-      }
-      if (live && length === old.n) continue; // nothing new: nothing to write
-      const head: ThreadHead = { g: gen, n: length, e: expiresAt };
-      if (typeof idPart(threadId) !== "string") head.i = threadId;
-      op.set(keys.head(threadId), head);
-      newHeads.push([threadId, head, cached, !live, recorded]);
-      if (old !== null && !live) {
-        // Replaces an expired (or sealed) generation: mark it dead for the sweep.
-        retireGeneration(op, keys, threadId, old);
-      }
-      indexGeneration(op, keys, threadId, gen, live ? old.e : null, expiresAt);
-    }
-    if (counterChecked) {
-      checks++;
-      op.check({ key: keys.threadCount(), versionstamp: count.versionstamp });
-      if (created > 0) op.set(keys.threadCount(), count.value + created);
-    }
-    const term = this.#logForwarded(op, pending, outcomes);
-    if (term !== undefined) checks++;
-    const settle = (versionstamp: string) => {
-      if (this.#store.idempotentRetries) {
-        this.#producerVersionstamp = versionstamp;
-      }
-      if (term !== undefined) {
-        term.term.versionstamp = versionstamp;
-        term.term.applied = term.seq;
-      }
-      for (const [threadId, head, before, created, recorded] of newHeads) {
-        const ids = this.#heads.learnIds(before.ids, created, recorded);
-        this.#heads.set(
-          threadId,
-          ids === undefined
-            ? { versionstamp, head }
-            : { versionstamp, head, ids },
-        );
-      }
-      if (created > 0) {
-        this.#heads.count = { versionstamp, value: count.value + created };
-      }
-      for (const [item, outcome] of outcomes) {
-        if (typeof outcome === "number") item.resolve(outcome);
-        else item.reject(outcome);
-      }
-      for (const item of unneeded) this.#discard(item.threadId, item.upload!);
-    };
-    return {
-      op,
-      seq,
-      overflow,
-      checks,
-      forwarded: term !== undefined,
-      settle,
-    };
-  }
-
-  /**
-   * For a plan with forwarded appends: checks and rewrites the term record
-   * (so that no commit of the term lands once another member has fenced
-   * it), and writes the indexes they get to the term's log under the
-   * commit's sequence number, for their senders to find if the answer
-   * never reaches them. Returns the term and that number, or `undefined`
-   * (no forwarded append: nothing added).
-   */
-  #logForwarded(
-    op: Deno.AtomicOperation,
-    pending: Map<string, PendingAppend[]>,
-    outcomes: [PendingAppend, number | Error][],
-  ): { term: Term; seq: number } | undefined {
-    const term = this.#term;
-    if (term === undefined) return undefined; // #refuseOutsideTerm took them
-    let forwarded = false;
-    for (const items of pending.values()) {
-      if (items.some((item) => item.origin !== undefined)) {
-        forwarded = true;
-        break;
-      }
-    }
-    if (!forwarded) return undefined;
-    const seq = ++term.seq;
-    const log: ForwardLog = { f: {} };
-    let logged = false;
-    for (const [item, outcome] of outcomes) {
-      if (item.origin !== undefined && typeof outcome === "number") {
-        (log.f[item.origin.from] ??= []).push(item.origin.seq, outcome);
-        logged = true;
-      }
-    }
-    writeTermCommit(op, this.#store, term, seq, logged ? log : undefined);
-    return { term, seq };
+    return planCommit(
+      {
+        store: this.#store,
+        blobs: this.#blobs,
+        heads: this.#heads,
+        limits: this.#options,
+        seq: ++this.#seq,
+        producerVersionstamp: this.#producerVersionstamp,
+        term: this.#term,
+        producerWritten: (versionstamp) => {
+          this.#producerVersionstamp = versionstamp;
+        },
+        discard: (threadId, upload) => this.#discard(threadId, upload),
+      },
+      pending,
+      snapshot,
+      now,
+    );
   }
 
   /** Reclaims an upload that will never be published, beside the queue (idle() waits for it). */
