@@ -32,7 +32,7 @@
 // Exactly once. A forwarded append carries its member id and a sequence
 // number (and its append id, if any). The leader commits it with a check of
 // the term record ([p, "producer", term]) and writes its index to the term's
-// log ([p, "op", term, seq]) in the same commit (_kv_append_queue.ts). The
+// log ([p, "op", term, seq]) in the same commit (_kv_append_plan.ts). The
 // answer may not arrive: the leader died, resigned, or its term was fenced
 // (_kv_terms.ts: the records).
 // A member whose forwards to a term are unanswered when another term

@@ -21,7 +21,7 @@ import type {
 const FIXTURE = new URL("./_fixtures/kv_isolate_worker.ts", import.meta.url);
 /** A guard against a hung Worker: the test fails loudly instead of hanging. */
 const TIMEOUT_MS = 60_000;
-/** The committer's lock names start so (backends/kv.ts, commitGroup). */
+/** The committer's lock names start so (backends/_kv_open.ts, commitGroup). */
 const GROUP = "@xml-pipeline/shared-backend kv committer";
 
 interface LockInfo {
