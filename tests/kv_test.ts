@@ -296,6 +296,68 @@ Deno.test("KvBackend on one KV file shared by Workers and processes", async (t) 
   );
 
   await t.step(
+    "one appendId from two processes and two Workers at once: one slot, one index for all; after the thread's deletion the ids are free again",
+    async () => {
+      await using store = await tempStore();
+      const job = (writer: number): AppendJob => ({
+        kind: "append",
+        kvPath: store.path,
+        config: { prefix: "ids:" },
+        threadIds: ["shared"],
+        writer,
+        count: 60,
+        size: 64,
+        inflight: 8,
+        appendIds: 60,
+      });
+      const race = () =>
+        Promise.all([
+          runWorker(job(1)),
+          runWorker(job(2)),
+          runProcess(job(3)),
+          runProcess(job(4)),
+        ]);
+      const check = async (reports: AppendReport[]) => {
+        const { ok, failed } = byOutcome(reports);
+        assert.deepEqual(failed, []);
+        assert.equal(ok.length, 240);
+        // Every caller of one id got the same index; the 60 ids, 60 indexes.
+        const indexOf = new Map<number, number>();
+        for (const x of ok) {
+          const first = indexOf.get(x.seq);
+          if (first === undefined) indexOf.set(x.seq, x.index!);
+          else assert.equal(x.index, first, `id-${x.seq}`);
+        }
+        assert.deepEqual(
+          [...indexOf.values()].toSorted((a, b) => a - b),
+          [...Array(60).keys()],
+        );
+        await using backend = await KvBackend.open({
+          kvPath: store.path,
+          prefix: "ids:",
+        });
+        const slots = await backend.bufferGetThread("shared");
+        assert.equal(slots.length, 60);
+        // Each slot holds the bytes of one of its id's appends.
+        for (const [seq, index] of indexOf) {
+          const slot = slots[index]!;
+          const writer = new DataView(slot.buffer).getUint32(0);
+          assert.deepEqual(slot, tagged(writer, seq, 64));
+        }
+      };
+      await check(await race());
+      {
+        await using backend = await KvBackend.open({
+          kvPath: store.path,
+          prefix: "ids:",
+        });
+        assert.equal(await backend.bufferDeleteThread("shared"), true);
+      }
+      await check(await race());
+    },
+  );
+
+  await t.step(
     "maxSlotsPerThread and maxThreads hold when 2 Workers and 2 processes race at the edge",
     async () => {
       await using store = await tempStore();

@@ -20,6 +20,8 @@ export interface AppendJob {
   size: number;
   /** Appends in flight at once. */
   inflight: number;
+  /** With it, append `seq` carries the appendId `id-<seq % appendIds>`. */
+  appendIds?: number;
 }
 
 /** What happened to each append. */
@@ -55,6 +57,9 @@ async function runJob(job: AppendJob): Promise<AppendReport> {
         const index = await backend.bufferAppend(
           threadId,
           tagged(job.writer, seq, job.size),
+          job.appendIds === undefined
+            ? {}
+            : { appendId: `id-${seq % job.appendIds}` },
         );
         results.push({ threadId, seq, index });
       } catch (error) {
