@@ -51,11 +51,9 @@ const FILE_SAFETY_MS = 30_000;
 /** getMany calls of one poll in flight at once: other calls of the isolate go on. */
 const POLL_READS_IN_FLIGHT = 4;
 /**
- * On a local file: with at most this many watched threads (one round of
- * reads), a change of the file makes the heads due at once (at most every
- * POLL_MIN_MS), so a watch hears another process's append within a file
- * check. With more, the heads' own backoff bounds the reads that an
- * unrelated writer of the file can cause.
+ * On a local file: up to this many watched threads (one round of reads), any
+ * change of the file makes the heads due at once; with more, their backoff
+ * bounds the reads an unrelated writer of the file can cause.
  */
 const HEADS_READ_ON_FILE_CHANGE = KV_LIMITS.getMany * POLL_READS_IN_FLIGHT;
 /** Wait before a failed kv.watch stream is opened again. */
@@ -595,14 +593,9 @@ export class KvWatchSource implements WatchSource {
         } else {
           if (signature !== this.#signature) {
             // After a quiet spell, read at once: likely a watched thread.
-            // A few watched threads are read at once on any change.
             if (now - this.#changedAt > FILE_QUIET_MS) due = true;
-            if (
-              this.#watched.size <= HEADS_READ_ON_FILE_CHANGE &&
-              now >= this.#lastPollAt + POLL_MIN_MS
-            ) {
-              due = true;
-            }
+            const few = this.#watched.size <= HEADS_READ_ON_FILE_CHANGE;
+            if (few && now >= this.#lastPollAt + POLL_MIN_MS) due = true;
             this.#signature = signature;
             this.#changedAt = now;
             this.#fileInterval = POLL_MIN_MS;
