@@ -185,6 +185,18 @@ ttl, max_slots, max_threads = tonumber(ttl), tonumber(max_slots), tonumber(max_t
 local op = op_begin(records, ARGV[2])
 if op and op.done then return op_end(records, op, op.replay) end
 local gt = redis.REDIS_VERSION ~= nil
+-- Gives key at least ttl ms more to live (PEXPIRE ... GT; before Redis 7,
+-- its emulation). True if key exists without a TTL (nothing to extend).
+local function extend_or_persistent(key, ttl)
+  if gt then
+    if redis.call('PEXPIRE', key, ttl, 'GT') == 1 then return false end
+  else
+    local left = redis.call('PTTL', key)
+    if left >= 0 and left < ttl then redis.call('PEXPIRE', key, ttl) end
+    if left ~= -1 then return false end
+  end
+  return redis.call('PTTL', key) == -1
+end
 local tag = string.sub(index, 1, -9)
 local prefix = tag .. ':t:'
 local batch = cmsgpack.unpack(ARGV[3])
@@ -362,17 +374,7 @@ end
 if appended then
   -- The index lives as long as its longest-lived thread.
   if ttl > 0 then
-    local extended
-    if gt then
-      extended = redis.call('PEXPIRE', index, ttl, 'GT') == 1
-    else
-      local left = redis.call('PTTL', index)
-      extended = left ~= -1
-      if left >= 0 and left < ttl then redis.call('PEXPIRE', index, ttl) end
-    end
-    if not extended and redis.call('PTTL', index) == -1 then
-      settle_index(index, prefix, ttl)
-    end
+    if extend_or_persistent(index, ttl) then settle_index(index, prefix, ttl) end
   else
     redis.call('PERSIST', index)
   end
@@ -382,15 +384,7 @@ if ids_kept then
   -- them; persistent (a persistent thread had ids) until a TTL'd append
   -- finds it so: then it follows the index, which outlives every thread.
   if ttl > 0 then
-    local extended
-    if gt then
-      extended = redis.call('PEXPIRE', with_ids_key, ttl, 'GT') == 1
-    else
-      local left = redis.call('PTTL', with_ids_key)
-      extended = left ~= -1
-      if left >= 0 and left < ttl then redis.call('PEXPIRE', with_ids_key, ttl) end
-    end
-    if not extended and redis.call('PTTL', with_ids_key) == -1 then
+    if extend_or_persistent(with_ids_key, ttl) then
       local left = redis.call('PTTL', index)
       if left > 0 then redis.call('PEXPIRE', with_ids_key, left) end
     end
