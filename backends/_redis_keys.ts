@@ -141,3 +141,34 @@ export function redisKeys(prefix: string): RedisKeys {
     uuid: (uuid) => uuidPrefix + uuid,
   };
 }
+
+/**
+ * The Redis Cluster hash slot of a key or channel: CRC16 (XMODEM) of its
+ * hash tag if it has one, else of the whole name, mod 16384. Written here
+ * (15 lines, as Redis' cluster spec gives it) rather than taken from
+ * `npm:cluster-key-slot`, which would put an npm module in the graph of
+ * `mod.ts` for every backend.
+ */
+export function hashSlot(name: string | Uint8Array): number {
+  const bytes = typeof name === "string"
+    ? new TextEncoder().encode(name)
+    : name;
+  let start = 0;
+  let end = bytes.length;
+  const open = bytes.indexOf(0x7b); // "{"
+  if (open !== -1) {
+    const close = bytes.indexOf(0x7d, open + 1); // "}"
+    if (close > open + 1) {
+      start = open + 1;
+      end = close;
+    }
+  }
+  let crc = 0;
+  for (let i = start; i < end; i++) {
+    crc ^= bytes[i]! << 8;
+    for (let bit = 0; bit < 8; bit++) {
+      crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+    }
+  }
+  return crc % 16384;
+}

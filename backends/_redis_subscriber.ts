@@ -35,7 +35,7 @@ import {
   CONNECT_TIMEOUT_MS,
   type RedisConnection,
 } from "./_redis_connection.ts";
-import type { RedisKeys } from "./_redis_keys.ts";
+import { hashSlot, type RedisKeys } from "./_redis_keys.ts";
 
 /** Most channels in one (S)SUBSCRIBE when many threads are (re)subscribed at once. */
 const SUBSCRIBE_BATCH = 1_000;
@@ -678,22 +678,4 @@ async function endClient(client: SubscriberClient): Promise<void> {
 /** ioredis' name of a node: `host:port`. */
 function nodeKeyOf(options: { host?: string; port?: number }): string {
   return `${options.host ?? "127.0.0.1"}:${options.port ?? 6379}`;
-}
-
-/** The Redis Cluster hash slot of a key or channel (CRC16 of its hash tag, if any). */
-function hashSlot(name: string): number {
-  const open = name.indexOf("{");
-  if (open !== -1) {
-    const close = name.indexOf("}", open + 1);
-    if (close > open + 1) name = name.slice(open + 1, close);
-  }
-  let crc = 0;
-  for (const byte of new TextEncoder().encode(name)) {
-    crc ^= byte << 8;
-    for (let bit = 0; bit < 8; bit++) {
-      crc = crc & 0x8000 ? (crc << 1) ^ 0x1021 : crc << 1;
-    }
-    crc &= 0xffff;
-  }
-  return crc % 16384;
 }

@@ -349,26 +349,3 @@ function parseNodes(text: string): ClusterNode[] {
   }
   return nodes;
 }
-
-/** Redis Cluster's hash slot of a key (CRC16/XMODEM of its hash tag, mod 16384). */
-export function keySlot(key: string | Uint8Array): number {
-  const bytes = typeof key === "string" ? new TextEncoder().encode(key) : key;
-  let start = 0;
-  let end = bytes.length;
-  const open = bytes.indexOf(0x7b);
-  if (open >= 0) {
-    const close = bytes.indexOf(0x7d, open + 1);
-    if (close > open + 1) {
-      start = open + 1;
-      end = close;
-    }
-  }
-  let crc = 0;
-  for (let i = start; i < end; i++) {
-    crc ^= bytes[i]! << 8;
-    for (let bit = 0; bit < 8; bit++) {
-      crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
-    }
-  }
-  return crc % 16384;
-}

@@ -6,11 +6,10 @@
 import assert from "node:assert/strict";
 import { Cluster } from "ioredis";
 import { RedisBackend } from "../backends/redis.ts";
-import { redisKeys } from "../backends/_redis_keys.ts";
+import { hashSlot, redisKeys } from "../backends/_redis_keys.ts";
 import { runConformanceSuite } from "../testing/conformance.ts";
 import {
   clusterMissing,
-  keySlot,
   type RedisCluster,
   startRedisCluster,
 } from "./_redis_cluster.ts";
@@ -116,7 +115,7 @@ async function failover(
   const elsewhere: string[] = [];
   for (let i = 0; onVictim.length < 3 || elsewhere.length < 3; i++) {
     const prefix = `fo-${run}-${i}:`;
-    const slot = keySlot(redisKeys(prefix).tag);
+    const slot = hashSlot(redisKeys(prefix).tag);
     const mine = victim!.slots.some(([a, b]) => slot >= a && slot <= b);
     if (mine && onVictim.length < 3) onVictim.push(prefix);
     if (!mine && elsewhere.length < 3) elsewhere.push(prefix);

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Cluster, Redis } from "ioredis";
 import { RedisBackend } from "../backends/redis.ts";
 import type { RedisClientLike } from "../backends/_redis_client.ts";
-import { redisKeys } from "../backends/_redis_keys.ts";
+import { hashSlot, redisKeys } from "../backends/_redis_keys.ts";
 import { BackendError, SlotLimitError } from "../errors.ts";
 import { runConformanceSuite } from "../testing/conformance.ts";
 import { type RedisServer, startRedisServer } from "./_redis_server.ts";
@@ -235,28 +235,6 @@ async function runInProcess(job: AppendJob): Promise<AppendOutcome[]> {
     );
   }
   return JSON.parse(new TextDecoder().decode(stdout));
-}
-
-/** Redis Cluster's key slot of a key (CRC16/XMODEM of its hash tag, mod 16384). */
-function keySlot(key: Uint8Array): number {
-  let start = 0;
-  let end = key.length;
-  const open = key.indexOf(0x7b);
-  if (open >= 0) {
-    const close = key.indexOf(0x7d, open + 1);
-    if (close > open + 1) {
-      start = open + 1;
-      end = close;
-    }
-  }
-  let crc = 0;
-  for (let i = start; i < end; i++) {
-    crc ^= key[i]! << 8;
-    for (let bit = 0; bit < 8; bit++) {
-      crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
-    }
-  }
-  return crc % 16384;
 }
 
 Deno.test("RedisBackend on one server: concurrency across isolates and processes, TTL, tenants, connections", async (t) => {
@@ -542,7 +520,7 @@ Deno.test("RedisBackend on one server: concurrency across isolates and processes
           );
           if (tenant === undefined) continue; // another step's data
           const slots = slotsByTenant.get(tenant) ?? new Set();
-          slots.add(keySlot(key));
+          slots.add(hashSlot(key));
           slotsByTenant.set(tenant, slots);
         }
         assert.equal(slotsByTenant.size, 3);
