@@ -135,36 +135,11 @@ function counting(
   kv: Deno.Kv,
   seen: { commits: number; maxChecks: number; maxMutations: number },
 ): Deno.Kv {
-  return new Proxy(kv, {
-    get(target, property) {
-      if (property === "atomic") {
-        return () => {
-          const op = target.atomic();
-          let checks = 0;
-          let mutations = 0;
-          const proxy: Deno.AtomicOperation = new Proxy(op, {
-            get(inner, name) {
-              const value = Reflect.get(inner, name, inner);
-              if (typeof value !== "function") return value;
-              return (...args: unknown[]) => {
-                if (name === "check") checks += args.length;
-                if (name === "set" || name === "delete") mutations++;
-                if (name === "commit") {
-                  seen.commits++;
-                  seen.maxChecks = Math.max(seen.maxChecks, checks);
-                  seen.maxMutations = Math.max(seen.maxMutations, mutations);
-                }
-                const result = value.apply(inner, args);
-                return result === inner ? proxy : result;
-              };
-            },
-          });
-          return proxy;
-        };
-      }
-      const value = Reflect.get(target, property, target);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
+  return interceptCommits(kv, (commit, checks, mutations) => {
+    seen.commits++;
+    seen.maxChecks = Math.max(seen.maxChecks, checks);
+    seen.maxMutations = Math.max(seen.maxMutations, mutations);
+    return commit();
   });
 }
 
@@ -1042,6 +1017,7 @@ function interceptCommits(
   hook: (
     commit: () => Promise<Deno.KvCommitResult | Deno.KvCommitError>,
     checks: number,
+    mutations: number,
   ) => Promise<Deno.KvCommitResult | Deno.KvCommitError>,
 ): Deno.Kv {
   return new Proxy(kv, {
@@ -1050,15 +1026,17 @@ function interceptCommits(
         return () => {
           const op = target.atomic();
           let checks = 0;
+          let mutations = 0;
           const proxy: Deno.AtomicOperation = new Proxy(op, {
             get(inner, name) {
               const value = Reflect.get(inner, name, inner);
               if (typeof value !== "function") return value;
               if (name === "commit") {
-                return () => hook(() => op.commit(), checks);
+                return () => hook(() => op.commit(), checks, mutations);
               }
               return (...args: unknown[]) => {
                 if (name === "check") checks += args.length;
+                if (name === "set" || name === "delete") mutations++;
                 const result = value.apply(inner, args);
                 return result === inner ? proxy : result;
               };

@@ -6,6 +6,7 @@
 
 import { KvBackend, type KvBackendOptions } from "../../backends/kv.ts";
 import type { BackendConfig } from "../../config.ts";
+import { tagged } from "./tagged_slot.ts";
 
 /** One writer's work. */
 export interface AppendJob {
@@ -30,17 +31,7 @@ export interface AppendReport {
   results: { threadId: string; seq: number; index?: number; error?: string }[];
 }
 
-/** A slot whose bytes say who wrote it: writer and seq, then a pattern of both. */
-export function tagged(writer: number, seq: number, size: number): Uint8Array {
-  const slot = new Uint8Array(Math.max(size, 8));
-  const view = new DataView(slot.buffer);
-  view.setUint32(0, writer);
-  view.setUint32(4, seq);
-  for (let i = 8; i < slot.length; i++) {
-    slot[i] = (writer * 131 + seq * 7 + i) & 0xff;
-  }
-  return slot;
-}
+export { tagged };
 
 async function runJob(job: AppendJob): Promise<AppendReport> {
   await using backend = await KvBackend.open(

@@ -5,6 +5,7 @@
 // report as JSON on stdout). As a Worker: post the job, receive the report.
 
 import { RedisBackend } from "../../backends/redis.ts";
+import { tagged as taggedSlot } from "./tagged_slot.ts";
 
 /** What to append. */
 export interface AppendJob {
@@ -31,19 +32,8 @@ export type AppendOutcome = { seq: number; index: number } | {
   error: string;
 };
 
-/** The slot a writer appends as its `seq`-th: writer and seq in the first 8 bytes, then a pattern. */
-export function taggedSlot(
-  writer: number,
-  seq: number,
-  size: number,
-): Uint8Array {
-  const slot = new Uint8Array(size);
-  const view = new DataView(slot.buffer);
-  view.setUint32(0, writer);
-  view.setUint32(4, seq);
-  for (let i = 8; i < size; i++) slot[i] = (writer * 131 + seq * 7 + i) & 0xff;
-  return slot;
-}
+/** The slot a writer appends as its `seq`-th (see tagged_slot.ts). */
+export { taggedSlot };
 
 /** Runs a job and returns every append's outcome. */
 export async function runJob(job: AppendJob): Promise<AppendOutcome[]> {

@@ -6,6 +6,7 @@
 // It never checks what it saw: the test does, against the stored thread.
 
 import type { SharedBackend } from "../../protocol.ts";
+import { tagged } from "./tagged_slot.ts";
 
 /** Where the shared thread lives. */
 export type StoreSpec =
@@ -54,17 +55,7 @@ export interface WatchReport {
   outcome: "complete" | "deadline" | "ended";
 }
 
-/** A slot that says who wrote it: writer and seq, then a pattern of both. */
-export function tagged(writer: number, seq: number, size: number): Uint8Array {
-  const slot = new Uint8Array(Math.max(size, 8));
-  const view = new DataView(slot.buffer);
-  view.setUint32(0, writer);
-  view.setUint32(4, seq);
-  for (let i = 8; i < slot.length; i++) {
-    slot[i] = (writer * 131 + seq * 7 + i) & 0xff;
-  }
-  return slot;
-}
+export { tagged };
 
 /** Bytes as hex, for reports. */
 export function hex(bytes: Uint8Array): string {
