@@ -442,8 +442,11 @@ class SlotCopies {
 }
 
 // MessagePack, as much as the append script's argument needs (see APPEND
-// in _redis_scripts.ts): arrays, strings (str: cmsgpack knows no bin) and
-// small integers.
+// in _redis_scripts.ts): arrays, strings and small integers. Written by
+// hand, not with @msgpack/msgpack: Redis' cmsgpack refuses bin ("Bad data
+// format in input"; checked on Redis 7.0), so slot bytes must go as str,
+// which the library writes only for JS strings; and this writes straight
+// from the slot copies' chunks into one buffer, with no object per append.
 
 /** Bytes of an array header of `items` items. */
 function arraySize(items: number): number {
